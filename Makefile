@@ -1,0 +1,24 @@
+# Quick start: `make demo` (the main job) and `make test` (the test suite).
+# Both install everything into the current Python environment first.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+PYTEST_ARGS ?=
+
+.PHONY: install install-test demo test
+
+# basicsr 1.4.2 ships only an sdist whose build requirements name an unpinned torch:
+# pip's isolated build would download the newest torch (GBs) just to build it. So torch and
+# torchvision come first, then basicsr is built against them without build isolation.
+install:
+	$(PIP) install --quiet setuptools wheel torch torchvision
+	$(PIP) install --quiet --no-build-isolation basicsr==1.4.2
+	$(PIP) install --quiet --no-build-isolation -e .
+
+install-test: install
+	$(PIP) install --quiet --no-build-isolation -e '.[test]'
+
+demo: install
+	$(PYTHON) -m elan_arch.demo
+
+test: install-test
+	$(PYTHON) -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,15 @@
+"""ELAN for BasicSR.
+
+``import elan_arch`` first makes basicsr 1.4.2 importable with current
+torchvision (:mod:`elan_arch.compat`), then registers this package's archs,
+models and datasets into BasicSR's registries.
+"""
+from . import compat
+
+compat.apply()
+
+from . import archs  # noqa: E402  (registration happens on import)
+from .archs import ELAN, ELAN_VARIANTS  # noqa: E402
+
+__version__ = '0.1.0'
+__all__ = ['ELAN', 'ELAN_VARIANTS', '__version__']

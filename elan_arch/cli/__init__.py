@@ -1,0 +1,40 @@
+"""The ``elan`` command: one subcommand per module ``elan_arch/cli/<name>_cmd.py``.
+
+Each module defines ``register(subparsers)``, which adds its parser and sets
+``func`` (called with the parsed arguments, returns an exit code). Modules keep
+heavy imports inside ``func`` so ``elan --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from ..errors import ElanError
+
+SUBCOMMANDS = ('convert', )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='elan', description='ELAN super-resolution for BasicSR.')
+    sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+    for name in SUBCOMMANDS:
+        importlib.import_module(f'{__name__}.{name}_cmd').register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ElanError as err:
+        print(f'elan {args.command}: error: {err}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f'elan {args.command}: interrupted', file=sys.stderr)
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Atomic output: write to a temporary sibling path, rename into place only on success.
+
+An interrupted or failed job therefore never leaves a file or folder at the
+final path that looks complete.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator, Union
+
+from .errors import ElanError
+
+PathLike = Union[str, os.PathLike]
+
+
+def check_output_free(path: PathLike, overwrite: bool, flag: str = '--force') -> Path:
+    """Return ``path`` as a Path; raise :class:`ElanError` if it exists and ``overwrite`` is off."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ElanError(f'{path} already exists; pass {flag} to replace it')
+    return path
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, overwrite: bool = False, is_dir: bool = False,
+                flag: str = '--force') -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success move it to ``path``.
+
+    Args:
+        path: Final file or folder.
+        overwrite: Replace an existing ``path``; otherwise an existing one raises.
+        is_dir: Create the temporary path as an empty folder (else nothing is created).
+        flag: Option named in the error message when ``path`` exists.
+
+    On any exception the temporary path is removed and ``path`` is left as it was.
+    """
+    final = check_output_free(path, overwrite, flag)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{final.name}.', suffix='.tmp', dir=final.parent))
+    if not is_dir:
+        tmp.rmdir()
+    try:
+        yield tmp
+        if final.exists():
+            _remove(final)
+        os.replace(tmp, final)
+    except BaseException:
+        _remove(tmp)
+        raise

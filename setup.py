@@ -1,0 +1,46 @@
+"""Distribution ``elan-arch``: ELAN super-resolution as a BasicSR plugin."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+setup(
+    name='elan-arch',
+    version='0.1.0',
+    description='ELAN (Efficient Long-Range Attention Network, ECCV 2022) for BasicSR',
+    long_description=(HERE / 'README.md').read_text(encoding='utf-8'),
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    python_requires='>=3.9',
+    packages=find_packages(include=['elan_arch', 'elan_arch.*']),
+    install_requires=[
+        'torch>=2.1',
+        'torchvision',
+        'basicsr==1.4.2',
+        'lmdb',
+        'opencv-python',
+        'numpy',
+        'pyyaml',
+        'addict',
+        'tb-nightly',
+        'tqdm',
+        'scikit-image',
+        'matplotlib',
+    ],
+    extras_require={'test': ['pytest>=7', 'pytest-timeout']},
+    entry_points={
+        'console_scripts': [
+            'elan = elan_arch.cli:main',
+        ],
+        # BasicSR plugins: the `basicsr` command imports every module of this group before
+        # parsing an option file, so archs/models/datasets of several plugins can be mixed.
+        'basicsr.plugins': [
+            'elan = elan_arch',
+        ],
+    },
+    classifiers=[
+        'Programming Language :: Python :: 3',
+        'Topic :: Scientific/Engineering :: Image Processing',
+    ],
+)
