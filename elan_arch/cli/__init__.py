@@ -13,7 +13,7 @@ from typing import List, Optional
 
 from ..errors import ElanError
 
-SUBCOMMANDS = ('convert', )
+SUBCOMMANDS = ('convert', 'prepare')
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,78 @@
+"""``elan prepare {div2k,benchmark,demo,check}``: datasets in the layouts BasicSR's option files read."""
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def _common(parser: argparse.ArgumentParser, scales: bool = True, workers: bool = True) -> None:
+    if scales:
+        parser.add_argument('--scales', type=int, nargs='+', default=[2, 3, 4], help='upscale factors (default: 2 3 4)')
+    if workers:
+        parser.add_argument('--workers', type=int, default=min(8, os.cpu_count() or 1),
+                            help='parallel worker processes (default: CPU cores, at most 8)')
+        parser.add_argument('--force', action='store_true', help='replace outputs that already exist')
+        parser.add_argument('--quiet', action='store_true', help='no progress bars')
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        'prepare', help='prepare DIV2K / benchmark sets / the demo data for BasicSR',
+        description='Write datasets in the layouts BasicSR reads: DIV2K sub-image LMDBs for training, '
+        'GTmod12/LRbicx{s} folders for the test sets, a small real demo dataset; check an LMDB pair. '
+        'See datasets/README.md.')
+    sub = parser.add_subparsers(dest='what', required=True, metavar='WHAT')
+
+    div2k = sub.add_parser('div2k', help='DIV2K folder -> DIV2K_train_HR_sub.lmdb + DIV2K_train_LR_bicubic_X{s}_sub.lmdb',
+                           description='Crop DIV2K_train_HR (and DIV2K_train_LR_bicubic/X{s}, or LR made from HR '
+                           'by MATLAB bicubic where that folder is missing) into aligned sub-images and store them '
+                           'in BasicSR LMDBs with meta_info.txt.')
+    div2k.add_argument('--input', required=True, help='DIV2K folder holding DIV2K_train_HR/ (e.g. datasets/DIV2K)')
+    div2k.add_argument('--output', help='where the LMDBs go (default: --input)')
+    div2k.add_argument('--crop-size', type=int, default=480, help='HR crop size (default: 480, BasicSR)')
+    div2k.add_argument('--step', type=int, default=240, help='HR crop stride (default: 240, BasicSR)')
+    div2k.add_argument('--keep-subimages', action='store_true',
+                       help='also keep the crops as PNG folders DIV2K_train_HR_sub/ and DIV2K_train_LR_bicubic/X{s}_sub/')
+    _common(div2k)
+
+    bench = sub.add_parser('benchmark', help='HR test images -> <set>/GTmod12 + <set>/LRbicx{s}',
+                           description='Mod-crop HR test images to a multiple of 12 (GTmod12/) and make their LR '
+                           'images by MATLAB bicubic (LRbicx{s}/), the layout of BasicSR\'s test option files.')
+    bench.add_argument('--input', required=True, nargs='+',
+                       help='set folders with their HR images directly inside or in HR/ (e.g. datasets/Set5 datasets/Set14)')
+    bench.add_argument('--output', help='output set folder (only with one --input; default: the set folder)')
+    _common(bench)
+
+    demo = sub.add_parser('demo', help='the bundled demo dataset (scikit-image photos) under datasets/demo',
+                          description='Build a small real DIV2K-layout dataset and its LMDBs (crop 240, step 120) '
+                          'from photographs bundled with scikit-image, plus a held-out validation set in the '
+                          'benchmark layout.')
+    demo.add_argument('--root', default='datasets/demo', help='output folder (default: datasets/demo)')
+    _common(demo)
+
+    check = sub.add_parser('check', help='check a GT/LQ LMDB pair before training on it',
+                           description='Check meta_info.txt against the LMDB keys, that GT and LQ hold the same '
+                           'keys, and that every GT image is --scale times its LQ image.')
+    check.add_argument('--gt', required=True, help='GT LMDB folder (e.g. datasets/DIV2K/DIV2K_train_HR_sub.lmdb)')
+    check.add_argument('--lq', required=True, help='LQ LMDB folder (e.g. datasets/DIV2K/DIV2K_train_LR_bicubic_X4_sub.lmdb)')
+    check.add_argument('--scale', type=int, required=True, help='upscale factor between the two')
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import data
+
+    if args.what == 'check':
+        result = data.check_lmdb_pair(args.gt, args.lq, args.scale)
+        print(f'ok: {result.pairs} pairs, GT {result.gt_shape} / LQ {result.lq_shape} at x{result.scale}')
+        return 0
+    common = dict(scales=args.scales, workers=args.workers, force=args.force, progress=not args.quiet)
+    if args.what == 'div2k':
+        summary = data.prepare_div2k(args.input, args.output, crop_size=args.crop_size, step=args.step,
+                                     keep_subimages=args.keep_subimages, **common)
+    elif args.what == 'benchmark':
+        summary = data.prepare_benchmark(args.input, args.output, **common)
+    else:
+        summary = data.prepare_demo(args.root, **common)
+    print(summary)
+    return 0
