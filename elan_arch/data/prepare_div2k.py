@@ -120,7 +120,9 @@ def prepare_div2k(input: PathLike, output: Optional[PathLike] = None, scales: It
             crop_dirs = {s: staging / p.name for s, p in subdirs.items()}
             for folder in crop_dirs.values():
                 folder.mkdir()
-        jobs = [CropJob(hr, lr_files[hr], crop_dirs, crop_size, step, compress_level) for hr in hr_files]
+        # largest files first, so that parallel workers finish together
+        jobs = [CropJob(hr, lr_files[hr], crop_dirs, crop_size, step, compress_level)
+                for hr in sorted(hr_files, key=lambda p: p.stat().st_size, reverse=True)]
         for result in parallel_map(extract_crops, jobs, workers, f'crop x{"/".join(map(str, scales))}', progress):
             summary.crops += result.crops
             summary.skipped += [result.skipped] if result.skipped else []
