@@ -25,6 +25,8 @@ from torch import Tensor, nn
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
+from . import elan_fast
+
 #: Reference configurations (``upscale`` is chosen separately).
 ELAN_VARIANTS: Dict[str, dict] = {
     'ELAN-light': dict(c_elan=60, m_elan=24, n_share=1, r_expand=2, window_sizes=[4, 8, 16]),
@@ -231,6 +233,11 @@ class ELAN(nn.Module):
         window_sizes: Attention window size of each channel group.
         img_range: The reference's pixel range; inputs in [0, 1] are scaled by it.
 
+    Attribute ``fast_inference`` (default True): in eval mode with autograd off
+    (``torch.no_grad``/``inference_mode``, as in BasicSR validation and testing), run
+    :mod:`~elan_arch.archs.elan_fast`, the same function computed faster. Training
+    and anything that needs gradients use the reference arithmetic below.
+
     Shape: (B, colors, H, W) in [0, 1] -> (B, colors, H*upscale, W*upscale), any H, W.
     """
 
@@ -258,6 +265,7 @@ class ELAN(nn.Module):
         self.img_range = float(img_range)
         self.window_sizes = window_sizes
         self.pad_multiple = reduce(math.lcm, window_sizes)
+        self.fast_inference = True
 
         mean = DIV2K_RGB_MEAN if colors == 3 else (sum(DIV2K_RGB_MEAN) / 3, ) * colors
         self.sub_mean = MeanShift(self.img_range, mean, sign=-1)
@@ -272,8 +280,11 @@ class ELAN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
-        x = pad_to_multiple(x, self.pad_multiple) * self.img_range
-        x = self.head(self.sub_mean(x))
-        x = self.body(x) + x
-        x = self.add_mean(self.tail(x)) / self.img_range
+        x = pad_to_multiple(x, self.pad_multiple)
+        if self.fast_inference and not self.training and not torch.is_grad_enabled():
+            x = elan_fast.forward_padded(self, x)
+        else:
+            x = self.head(self.sub_mean(x * self.img_range))
+            x = self.body(x) + x
+            x = self.add_mean(self.tail(x)) / self.img_range
         return x[..., :h * self.upscale, :w * self.upscale]

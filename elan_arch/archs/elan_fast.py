@@ -1,0 +1,151 @@
+"""Inference fast path of :class:`~elan_arch.archs.elan_arch.ELAN` (eval mode, autograd off).
+
+Same arithmetic as the training path up to float rounding, reorganised for speed:
+
+* Everything runs in ``channels_last`` memory (NHWC), where oneDNN's 1x1 and
+  depthwise convolutions are several times faster on CPU than in NCHW, and where
+  a channel group of a feature map is a plain strided view.
+* BatchNorm is folded into its 1x1 conv on every call (a few thousand
+  multiply-adds, so nothing is cached and nothing goes stale when training resumes).
+* The fixed shift is done by slice copies into a new tensor, with the LFE's ReLU
+  fused into the copy, instead of a depthwise conv.
+* The cyclic roll and the window partition of a channel group are one
+  ``index_select`` with a precomputed pixel order; the inverse is one ``index_copy_``
+  into the preallocated output of all groups (no ``torch.roll``, no ``torch.cat``).
+* Window attention is ``scaled_dot_product_attention(q, q, v, scale=1)``, a fused
+  kernel that never materialises the (ws^2 x ws^2) maps. A sharing GMSA therefore
+  reuses the previous GMSA's *queries* and recomputes the softmax instead of
+  reusing stored maps: cheaper than writing and reading the maps for 16x16 windows.
+
+The functions read the modules' own parameters and buffers, so the state_dict and
+the parameter count are those of the training path.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TYPE_CHECKING, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+if TYPE_CHECKING:  # the arch module imports this one
+    from .elan_arch import ELAB, ELAN, GMSA, LFE, ShiftConv2d
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[Tensor, Tensor]:
+    """Weight and bias of the single conv equal to ``bn(conv(x))`` with BatchNorm in eval mode."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    weight = conv.weight * scale.view(-1, 1, 1, 1)
+    bias = (conv.bias - bn.running_mean) * scale + bn.bias
+    return weight, bias
+
+
+def shift(x: Tensor, relu: bool = False) -> Tensor:
+    """The fixed one-pixel channel-group shift of :func:`~elan_arch.archs.elan_arch.shift_kernel` by slicing.
+
+    Optionally applies ReLU in the same pass (ReLU and the zero-filling shift commute).
+    Shape: (B, C, H, W) -> (B, C, H, W), in ``x``'s memory format.
+    """
+    g = x.shape[1] // 5
+    out = torch.empty_like(x)
+    # (destination, source) slices of each group: left, right, up, down, identity
+    moves = [
+        ((slice(0, g), slice(None), slice(0, -1)), (slice(0, g), slice(None), slice(1, None))),
+        ((slice(g, 2 * g), slice(None), slice(1, None)), (slice(g, 2 * g), slice(None), slice(0, -1))),
+        ((slice(2 * g, 3 * g), slice(0, -1), slice(None)), (slice(2 * g, 3 * g), slice(1, None), slice(None))),
+        ((slice(3 * g, 4 * g), slice(1, None), slice(None)), (slice(3 * g, 4 * g), slice(0, -1), slice(None))),
+        ((slice(4 * g, None), slice(None), slice(None)), (slice(4 * g, None), slice(None), slice(None))),
+    ]
+    for (dst_c, dst_h, dst_w), (src_c, src_h, src_w) in moves:
+        dst, src = out[:, dst_c, dst_h, dst_w], x[:, src_c, src_h, src_w]
+        if relu:
+            torch.clamp_min(src, 0, out=dst)
+        else:
+            dst.copy_(src)
+    # the row/column each shifted group leaves empty
+    out[:, 0:g, :, -1] = 0
+    out[:, g:2 * g, :, 0] = 0
+    out[:, 2 * g:3 * g, -1, :] = 0
+    out[:, 3 * g:4 * g, 0, :] = 0
+    return out
+
+
+def shift_conv(m: ShiftConv2d, x: Tensor, relu: bool = False) -> Tensor:
+    """``m(relu(x))`` if ``relu`` else ``m(x)``: shift then 1x1 conv. (B, Cin, H, W) -> (B, Cout, H, W)."""
+    conv = m.shift_conv.conv1x1
+    return F.conv2d(shift(x, relu), conv.weight, conv.bias)
+
+
+def lfe(m: LFE, x: Tensor) -> Tensor:
+    """``x + m(x)`` for an :class:`LFE`. (B, C, H, W) -> (B, C, H, W)."""
+    return shift_conv(m.conv1, shift_conv(m.conv0, x), relu=True).add_(x)
+
+
+@lru_cache(maxsize=64)
+def window_order(h: int, w: int, ws: int, rolled: bool, device: torch.device) -> Tensor:
+    """Row-major pixel indices of an (h, w) map, listed window by window (``window_partition`` order).
+
+    With ``rolled`` the windows are those of the map cyclically rolled by (-ws/2, -ws/2),
+    so gathering these indices is roll + partition, and scattering back to them is
+    window reverse + the opposite roll.
+    """
+    rows = torch.arange(h, device=device)
+    cols = torch.arange(w, device=device)
+    if rolled:
+        rows, cols = (rows + ws // 2) % h, (cols + ws // 2) % w
+    index = rows.view(h // ws, ws, 1, 1) * w + cols.view(1, 1, w // ws, ws)  # (h/ws, ws, w/ws, ws)
+    return index.permute(0, 2, 1, 3).reshape(-1)
+
+
+def gmsa(m: GMSA, x: Tensor, queries: Optional[List[Tensor]]) -> Tuple[Tensor, List[Tensor]]:
+    """``x + m(x, ...)`` for a :class:`GMSA`, and the window queries a sharing GMSA reuses.
+
+    Args:
+        x: (B, C, H, W) channels_last, H and W multiples of every window size.
+        queries: The previous GMSA's queries (one (B * nW, ws^2, c) tensor per group), or None.
+
+    Returns:
+        (B, C, H, W) channels_last, and this layer's queries (``queries`` when it shares).
+    """
+    b, c, h, w = x.shape
+    weight, bias = fold_batchnorm(m.project_inp[0], m.project_inp[1])
+    proj = F.conv2d(x, weight, bias).permute(0, 2, 3, 1).reshape(b, h * w, -1)  # a view: NHWC memory
+    out = x.new_empty(b, h * w, c)
+    own_queries, c_in, c_out = [], 0, 0
+    for idx, (ws, chns) in enumerate(zip(m.window_sizes, m.split_chns)):
+        order = window_order(h, w, ws, m.shift, x.device)
+        tokens = proj[:, :, c_in:c_in + chns].index_select(1, order).view(-1, ws * ws, chns)
+        if queries is None:
+            q, v = tokens.chunk(2, dim=-1)
+        else:
+            q, v = queries[idx], tokens
+        y = F.scaled_dot_product_attention(q, q, v, scale=1.0)
+        out[:, :, c_out:c_out + v.shape[-1]].index_copy_(1, order, y.view(b, h * w, -1))
+        own_queries.append(q)
+        c_in, c_out = c_in + chns, c_out + v.shape[-1]
+    out = out.view(b, h, w, c).permute(0, 3, 1, 2)  # channels_last (B, C, H, W)
+    return F.conv2d(out, m.project_out.weight, m.project_out.bias).add_(x), own_queries
+
+
+def elab(m: ELAB, x: Tensor) -> Tensor:
+    """``m(x)`` for an :class:`ELAB`. (B, C, H, W) channels_last -> same."""
+    queries = None
+    for lfe_m, gmsa_m in zip(m.modules_lfe.values(), m.modules_gmsa.values()):
+        x = lfe(lfe_m, x)
+        x, queries = gmsa(gmsa_m, x, queries)
+    return x
+
+
+def forward_padded(net: ELAN, x: Tensor) -> Tensor:
+    """The body of :meth:`ELAN.forward` on an input already padded to ``net.pad_multiple``.
+
+    Shape: (B, colors, H, W) in [0, 1] -> (B, colors, H*scale, W*scale), contiguous.
+    """
+    x = x.contiguous(memory_format=torch.channels_last) * net.img_range
+    x = net.head(net.sub_mean(x))
+    res = x
+    for block in net.body:
+        x = elab(block, x)
+    x = net.add_mean(net.tail(x.add_(res)))
+    return x.div_(net.img_range).contiguous()
