@@ -68,11 +68,9 @@ def encode_png(img: np.ndarray, compress_level: int = PNG_COMPRESSION) -> bytes:
     return buf.tobytes()
 
 
-def write_png(path: Path, img: np.ndarray, compress_level: int = PNG_COMPRESSION) -> int:
-    """Write ``img`` to ``path`` as PNG; return the number of bytes written."""
-    data = encode_png(img, compress_level)
-    path.write_bytes(data)
-    return len(data)
+def write_png(path: Path, img: np.ndarray, compress_level: int = PNG_COMPRESSION) -> None:
+    """Write ``img`` to ``path`` as PNG (at zlib level ``compress_level``)."""
+    path.write_bytes(encode_png(img, compress_level))
 
 
 def png_shape(data: bytes) -> Tuple[int, int, int]:

@@ -1,9 +1,12 @@
 """Shared machinery of the preparation commands: parallel per-image work with a progress bar, and the summary."""
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, List, Sequence, TypeVar
@@ -23,6 +26,20 @@ def _init_worker() -> None:
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C while the pool starts: the workers inherit that, so only this process handles it
+    (and terminates the pool), and no Ctrl-C can land between forking the workers and owning the pool."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def check_workers(workers: int) -> int:
@@ -48,7 +65,9 @@ def parallel_map(func: Callable[[T], R], items: Sequence[T], workers: int, desc:
             return
         # fork (Linux) starts workers without re-importing torch and basicsr
         ctx = multiprocessing.get_context('fork' if sys.platform.startswith('linux') else None)
-        with ctx.Pool(min(workers, len(items)), initializer=_init_worker) as pool:
+        with _sigint_ignored():
+            pool = ctx.Pool(min(workers, len(items)), initializer=_init_worker)
+        with pool:
             for result in pool.imap_unordered(func, items):
                 yield result
                 bar.update()
@@ -65,7 +84,7 @@ def tree_bytes(path: Path) -> int:
 
 @dataclass
 class PrepareSummary:
-    """What a preparation run did: source images, crops written per dataset, bytes, seconds."""
+    """What a preparation run did: source images, crops per dataset (sub-images, or mod-cropped test images), bytes, seconds."""
 
     images: int = 0
     crops: int = 0

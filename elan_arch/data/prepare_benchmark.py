@@ -62,12 +62,12 @@ def make_test_pair(job: BenchmarkJob) -> CropResult:
     """Write the GT (mod-cropped) and the LR images of one test image."""
     img = mod_crop(read_image(job.path), job.modulo)
     if img.size == 0:
-        return CropResult(job.path.stem, 0, 0, skipped=f'{job.path}: smaller than {job.modulo} pixels on a side')
+        return CropResult(0, skipped=f'{job.path}: smaller than {job.modulo} pixels on a side')
     name = f'{job.path.stem}.png'
-    nbytes = write_png(job.out_dirs[1] / name, img, job.compress_level)
+    write_png(job.out_dirs[1] / name, img, job.compress_level)
     for scale in sorted(s for s in job.out_dirs if s != 1):
-        nbytes += write_png(job.out_dirs[scale] / name, bicubic_downscale(img, scale), job.compress_level)
-    return CropResult(job.path.stem, 1, nbytes)
+        write_png(job.out_dirs[scale] / name, bicubic_downscale(img, scale), job.compress_level)
+    return CropResult(1)
 
 
 def prepare_benchmark(inputs: Union[PathLike, Sequence[PathLike]], output: Optional[PathLike] = None,

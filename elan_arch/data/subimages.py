@@ -46,11 +46,9 @@ class CropJob:
 
 @dataclass(frozen=True)
 class CropResult:
-    """Crops written for one HR image (``crops`` per dataset), bytes written, or why it was skipped."""
+    """How many crops of one image were written (per dataset), or why the image was skipped."""
 
-    name: str
     crops: int
-    bytes: int
     skipped: Optional[str] = None
 
 
@@ -77,17 +75,16 @@ def extract_crops(job: CropJob) -> CropResult:
     height, width = mod_crop(hr, modulo).shape[:2]
     ys = crop_positions(height, job.crop_size, job.step)
     xs = crop_positions(width, job.crop_size, job.step)
-    stem = job.hr_path.stem
     if not ys or not xs:
-        return CropResult(stem, 0, 0, skipped=f'{job.hr_path}: {hr.shape[0]}x{hr.shape[1]} is smaller than '
+        return CropResult(0, skipped=f'{job.hr_path}: {hr.shape[0]}x{hr.shape[1]} is smaller than '
                           f'the crop size {job.crop_size} (after cropping to a multiple of {modulo})')
     images: List[Tuple[int, np.ndarray]] = [(1, hr)] + [(s, _lr_image(job, hr, s)) for s in scales]
-    index, nbytes = 0, 0
+    index = 0
     for y in ys:
         for x in xs:
             index += 1
             for scale, img in images:
                 size = job.crop_size // scale
                 crop = img[y // scale:y // scale + size, x // scale:x // scale + size]
-                nbytes += write_png(job.out_dirs[scale] / f'{stem}_s{index:03d}.png', crop, job.compress_level)
-    return CropResult(stem, index, nbytes)
+                write_png(job.out_dirs[scale] / f'{job.hr_path.stem}_s{index:03d}.png', crop, job.compress_level)
+    return CropResult(index)
