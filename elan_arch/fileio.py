@@ -48,8 +48,9 @@ def atomic_path(path: PathLike, overwrite: bool = False, is_dir: bool = False,
     final = check_output_free(path, overwrite, flag)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{final.name}.', suffix='.tmp', dir=final.parent))
-    if not is_dir:
-        tmp.rmdir()
+    tmp.rmdir()  # mkdtemp only reserved a unique name; recreate with the umask's permissions, not 0700
+    if is_dir:
+        tmp.mkdir()
     try:
         yield tmp
         if final.exists():
