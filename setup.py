@@ -32,6 +32,7 @@ setup(
     entry_points={
         'console_scripts': [
             'elan = elan_arch.cli:main',
+            'basicsr = elan_arch.cli.basicsr_cmd:main',
         ],
         # BasicSR plugins: the `basicsr` command imports every module of this group before
         # parsing an option file, so archs/models/datasets of several plugins can be mixed.

@@ -10,6 +10,7 @@ compat.apply()
 
 from . import archs  # noqa: E402  (registration happens on import)
 from . import data  # noqa: E402
+from . import models  # noqa: E402
 from .archs import ELAN, ELAN_VARIANTS  # noqa: E402
 
 __version__ = '0.1.0'

@@ -13,7 +13,7 @@ from typing import List, Optional
 
 from ..errors import ElanError
 
-SUBCOMMANDS = ('convert', 'prepare')
+SUBCOMMANDS = ('convert', 'prepare', 'train', 'test')
 
 
 def build_parser() -> argparse.ArgumentParser:

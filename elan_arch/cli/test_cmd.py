@@ -1,0 +1,10 @@
+"""``elan test``: alias of ``basicsr test`` (same options)."""
+from __future__ import annotations
+
+import argparse
+
+from .train_cmd import register_phase
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    register_phase(subparsers, 'test')

@@ -1,0 +1,28 @@
+"""``elan train``: alias of ``basicsr train`` (same options); :mod:`.test_cmd` does ``elan test``."""
+from __future__ import annotations
+
+import argparse
+
+from .basicsr_cmd import add_pipeline_arguments
+
+_WHAT = {'train': 'train a network', 'test': 'test a network'}
+
+
+def register_phase(subparsers: argparse._SubParsersAction, phase: str) -> None:
+    """Add the ``elan <phase>`` parser ('train' or 'test') with ``basicsr <phase>``'s options."""
+    parser = subparsers.add_parser(
+        phase, help=f'{_WHAT[phase]} from a BasicSR option file (alias of `basicsr {phase}`)',
+        description=f'Same as `basicsr {phase}`: load the BasicSR plugins, then run basicsr\'s {phase} '
+        'pipeline on the option file with the current directory as the root.')
+    add_pipeline_arguments(parser)
+    parser.set_defaults(func=run, phase=phase)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    register_phase(subparsers, 'train')
+
+
+def run(args: argparse.Namespace) -> int:
+    from .basicsr_cmd import run_pipeline
+
+    return run_pipeline(args)

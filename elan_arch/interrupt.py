@@ -1,0 +1,113 @@
+"""Stop a BasicSR training run on SIGINT/SIGTERM with a resumable state saved.
+
+basicsr 1.4.2 dies on Ctrl-C or a scheduler's SIGTERM, losing everything since the last
+``save_checkpoint_freq``. Inside :func:`stop_on_signals` the first SIGINT/SIGTERM only sets a
+flag; after the iteration under way, the model saves ``net_*_<iter>.pth`` and ``<iter>.state``
+(as at a checkpoint) and :class:`TrainingInterrupted` ends the run, which ``basicsr train
+--auto_resume`` continues. A second SIGINT stops at once (``KeyboardInterrupt``). Under
+``dist`` all ranks agree on the flag every iteration (one all-reduce of one number) so they
+stop at the same iteration.
+
+The hooks wrap two functions of ``basicsr.train`` (see :mod:`elan_arch.train_patches`):
+``create_train_val_dataloader`` (to know the epoch, which the resume state records) and
+``build_model`` (to check the flag after each ``optimize_parameters``).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import signal
+from os import path as osp
+from typing import Any, Callable, Dict, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+
+_RUN: Dict[str, Any] = {'stop': None, 'sampler': None}
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped by a signal after saving the state of iteration ``iteration``."""
+
+    def __init__(self, signum: int, iteration: int, state_path: str) -> None:
+        super().__init__(f'stopped by {signal.Signals(signum).name} after iteration {iteration}; '
+                         f'saved {state_path}')
+        self.signum, self.iteration, self.state_path = signum, iteration, state_path
+
+
+class StopFlag:
+    """Set by the first SIGINT/SIGTERM; a second SIGINT raises ``KeyboardInterrupt``."""
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f'\n{signal.Signals(signum).name} received: saving a resumable state after this iteration '
+              '(Ctrl-C again to stop at once).', flush=True)
+
+    def agreed(self, device: torch.device) -> Optional[int]:
+        """The signal number if this rank (or, under ``dist``, any rank) was signalled, else None."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return self.signum
+        flag = torch.tensor([self.signum or 0], dtype=torch.int64, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item()) or None
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    """Install the SIGINT/SIGTERM handlers for the duration of a training run; restore them after."""
+    flag = StopFlag()
+    previous = {sig: signal.signal(sig, flag.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _RUN.update(stop=flag, sampler=None)
+    try:
+        yield flag
+    finally:
+        _RUN.update(stop=None, sampler=None)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def remember_sampler(create_loaders: Callable) -> Callable:
+    """Wrap ``basicsr.train.create_train_val_dataloader`` to keep the train sampler (it knows the epoch)."""
+
+    @functools.wraps(create_loaders)
+    def wrapper(opt: Dict[str, Any], logger: Any) -> Any:
+        result = create_loaders(opt, logger)
+        _RUN['sampler'] = result[1]
+        return result
+
+    return wrapper
+
+
+def stop_with_state(build_model: Callable) -> Callable:
+    """Wrap ``basicsr.train.build_model``: the model checks the stop flag after each optimisation step."""
+
+    @functools.wraps(build_model)
+    def wrapper(opt: Dict[str, Any]) -> Any:
+        model = build_model(opt)
+        flag = _RUN['stop']
+        if opt.get('is_train') and flag is not None:
+            model.optimize_parameters = _checked(model, model.optimize_parameters, flag)
+        return model
+
+    return wrapper
+
+
+def _checked(model: Any, optimize: Callable, flag: StopFlag) -> Callable:
+
+    @functools.wraps(optimize)
+    def optimize_parameters(current_iter: int, *args: Any, **kwargs: Any) -> Any:
+        result = optimize(current_iter, *args, **kwargs)
+        signum = flag.agreed(model.device)
+        if signum is not None:
+            sampler = _RUN['sampler']
+            model.save(sampler.epoch if sampler is not None else 0, current_iter)
+            raise TrainingInterrupted(signum, current_iter,
+                                      osp.join(model.opt['path']['training_states'], f'{current_iter}.state'))
+        return result
+
+    return optimize_parameters
