@@ -1,0 +1,271 @@
+"""``elan bench``: parameters, FLOPs, latency and peak memory of ELAN next to SwinIR-light and EDSR.
+
+All models are measured in one run on the same input: FLOPs counted by
+``torch.utils.flop_counter.FlopCounterMode`` (2 per multiply-add, on what the model
+actually executes), latency as the median of ``--runs`` forwards after ``--warmup``
+ones, the models interleaved round by round so that background load affects them
+alike, and peak memory of one forward (CUDA: ``max_memory_allocated``; CPU: growth of
+the process's peak resident memory, reset through ``/proc/self/clear_refs``).
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from ..errors import ElanError
+
+#: ``--models`` keys -> table names; the order is the table's.
+MODELS: Dict[str, str] = {
+    'elan-light': 'ELAN-light',
+    'elan-light-ref': 'ELAN-light (reference path)',
+    'elan': 'ELAN',
+    'swinir-light': 'SwinIR-light',
+    'edsr': 'EDSR-baseline',
+}
+BASELINE = 'swinir-light'
+
+
+@dataclass
+class Result:
+    """Measurements of one model."""
+    key: str
+    params: int
+    flops: int
+    latencies: List[float]
+    peak_mib: Optional[float]
+
+    @property
+    def name(self) -> str:
+        return MODELS[self.key]
+
+    @property
+    def latency(self) -> float:
+        return statistics.median(self.latencies)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        'bench', help='speed/size of ELAN vs SwinIR-light and EDSR (markdown table + PNG chart)',
+        description='Measure parameters, FLOPs, median latency and peak memory of ELAN-light and ELAN (fast '
+        'inference path, and ELAN-light on the reference arithmetic) next to BasicSR\'s SwinIR in its light '
+        'configuration and the EDSR baseline, in one run on one random input; random weights (speed does not '
+        'depend on them). Prints a markdown table and writes it with a bar chart.')
+    parser.add_argument('--scale', type=int, default=4, help='upscale factor (default: 4)')
+    parser.add_argument('--size', default='176x320', help='LR input HxW (default: 176x320, i.e. 704x1280 output at x4)')
+    parser.add_argument('--models', nargs='+', choices=list(MODELS), default=list(MODELS), help='models to measure')
+    parser.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default: cpu)')
+    parser.add_argument('--half', action='store_true', help='float16 (CUDA only)')
+    parser.add_argument('--compile', action='store_true', help='torch.compile every model first')
+    parser.add_argument('--threads', type=int, help='CPU threads (torch.set_num_threads; default: torch\'s)')
+    parser.add_argument('--runs', type=int, default=5, help='timed forwards per model (default: 5)')
+    parser.add_argument('--warmup', type=int, default=1, help='untimed forwards per model first (default: 1)')
+    parser.add_argument('--output-dir', type=Path, default=Path('bench_results'),
+                        help='where bench_<device>_x<scale>_<size>.md/.png go (default: bench_results)')
+    parser.add_argument('--force', action='store_true', help='replace existing result files')
+    parser.add_argument('--quiet', action='store_true', help='no progress bar')
+    parser.set_defaults(func=run)
+
+
+def parse_size(text: str) -> Tuple[int, int]:
+    """``'176x320'`` -> (176, 320); ElanError naming ``--size`` otherwise."""
+    try:
+        h, w = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise ElanError(f'--size {text!r}: expected HEIGHTxWIDTH, e.g. 176x320') from None
+    if h < 1 or w < 1:
+        raise ElanError(f'--size {text!r}: height and width must be positive')
+    return h, w
+
+
+def build_model(key: str, scale: int):
+    """A freshly initialised model for a :data:`MODELS` key, in eval mode.
+
+    BasicSR's SwinIR needs sizes that are multiples of its window (8); it is wrapped to
+    reflect-pad and crop, as SwinIR's own test script does.
+    """
+    from basicsr.archs.edsr_arch import EDSR
+    from basicsr.archs.swinir_arch import SwinIR
+
+    from ..archs.elan_arch import ELAN, ELAN_VARIANTS
+
+    if key.startswith('elan'):
+        net = ELAN(upscale=scale, **ELAN_VARIANTS['ELAN' if key == 'elan' else 'ELAN-light'])
+        net.fast_inference = key != 'elan-light-ref'
+    elif key == 'swinir-light':
+        net = PadToMultiple(SwinIR(upscale=scale, in_chans=3, img_size=64, window_size=8, img_range=1.,
+                                   depths=[6, 6, 6, 6], embed_dim=60, num_heads=[6, 6, 6, 6], mlp_ratio=2,
+                                   upsampler='pixelshuffledirect', resi_connection='1conv'), multiple=8, scale=scale)
+    else:
+        net = EDSR(num_in_ch=3, num_out_ch=3, num_feat=64, num_block=16, upscale=scale, res_scale=1)
+    return net.eval()
+
+
+class PadToMultiple(torch.nn.Module):
+    """Reflect-pad the input to a multiple of ``multiple``, run ``net``, crop its output.
+
+    Shape: (B, C, H, W) -> (B, C, H*scale, W*scale).
+    """
+
+    def __init__(self, net: torch.nn.Module, multiple: int, scale: int) -> None:
+        super().__init__()
+        self.net, self.multiple, self.scale = net, multiple, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        pad_h, pad_w = -h % self.multiple, -w % self.multiple
+        x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode='reflect') if pad_h or pad_w else x
+        return self.net(x)[..., :h * self.scale, :w * self.scale]
+
+
+def _vm_kib(field: str) -> int:
+    with open('/proc/self/status') as status:
+        for line in status:
+            if line.startswith(field + ':'):
+                return int(line.split()[1])
+    raise OSError(f'{field} not in /proc/self/status')
+
+
+def peak_memory_mib(forward: Callable[[], object], device) -> Optional[float]:
+    """Peak memory one call of ``forward`` adds (MiB), or None where it cannot be measured."""
+    import torch
+
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        forward()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    try:
+        base = _vm_kib('VmRSS')
+        with open('/proc/self/clear_refs', 'w') as clear:
+            clear.write('5')  # reset the peak resident set size (VmHWM) to the current one
+        forward()
+        return (_vm_kib('VmHWM') - base) / 1024
+    except OSError:
+        return None
+
+
+def measure(keys: List[str], scale: int, size: Tuple[int, int], device, dtype, compile_net: bool,
+            runs: int, warmup: int, progress: bool) -> List[Result]:
+    """Build every model, count its FLOPs and peak memory, then time them round-robin."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from tqdm import tqdm
+
+    x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    nets, results = {}, []
+
+    def forward(net) -> None:
+        net(x)
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+
+    with torch.inference_mode(), tqdm(total=len(keys) * (2 + warmup + runs), unit='forward',
+                                      disable=not progress) as bar:
+        for key in keys:
+            net = build_model(key, scale).to(device, dtype)
+            params = sum(p.numel() for p in net.parameters())
+            with FlopCounterMode(display=False) as counter:
+                net(x)
+            nets[key] = torch.compile(net, dynamic=False) if compile_net else net
+            peak = peak_memory_mib(lambda: forward(nets[key]), device)
+            results.append(Result(key, params, counter.get_total_flops(), [], peak))
+            bar.update(2)
+        for _ in range(warmup):
+            for key in keys:
+                forward(nets[key])
+                bar.update()
+        for _ in range(runs):
+            for result in results:
+                start = time.perf_counter()
+                forward(nets[result.key])
+                result.latencies.append(time.perf_counter() - start)
+                bar.update()
+    return results
+
+
+def markdown(results: List[Result], setup: str) -> str:
+    """The results as a markdown table (with the set-up line above it)."""
+    base = next((r for r in results if r.key == BASELINE), None)
+    lines = [setup, '',
+             '| model | params | GFLOPs | latency (ms, median) | speed-up vs SwinIR-light | peak memory (MiB) |',
+             '|---|---:|---:|---:|---:|---:|']
+    for r in results:
+        ratio = f'{base.latency / r.latency:.2f}x' if base else 'n/a'
+        peak = f'{r.peak_mib:.0f}' if r.peak_mib is not None else 'n/a'
+        lines.append(f'| {r.name} | {r.params:,} | {r.flops / 1e9:.1f} | {r.latency * 1e3:.0f} '
+                     f'(min {min(r.latencies) * 1e3:.0f}) | {ratio} | {peak} |')
+    return '\n'.join(lines) + '\n'
+
+
+def bar_chart(results: List[Result], title: str, path: Path) -> None:
+    """Three bar panels (latency, GFLOPs, parameters) written to ``path`` as PNG."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    names = [r.name.replace(' (reference path)', '\n(reference path)') for r in results]
+    panels = [('latency (ms, median)', [r.latency * 1e3 for r in results]),
+              ('GFLOPs', [r.flops / 1e9 for r in results]),
+              ('parameters (K)', [r.params / 1e3 for r in results])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.6 * len(results) + 1.8))
+    for ax, (label, values) in zip(axes, panels):
+        bars = ax.barh(names, values, color=['tab:orange' if r.key.startswith('elan') else 'tab:blue'
+                                             for r in results])
+        ax.bar_label(bars, fmt='%.0f', padding=2)
+        ax.set_xlabel(label)
+        ax.invert_yaxis()
+        ax.margins(x=0.2)
+    for ax in axes[1:]:
+        ax.set_yticklabels([])
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, format='png', dpi=100)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..fileio import atomic_path, check_output_free
+    from ..inference import select_device
+
+    size = parse_size(args.size)
+    if args.runs < 1 or args.warmup < 0:
+        raise ElanError('--runs must be >= 1 and --warmup >= 0')
+    device, dtype = select_device(args.device, args.half)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    stem = f'bench_{device.type}{"_half" if args.half else ""}_x{args.scale}_{size[0]}x{size[1]}'
+    md_path, png_path = args.output_dir / f'{stem}.md', args.output_dir / f'{stem}.png'
+    for path in (md_path, png_path):
+        check_output_free(path, args.force)
+    if device.type == 'cuda':
+        where = torch.cuda.get_device_name(device)
+    else:
+        where = f'CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads'
+    setup = (f'x{args.scale}, LR input {size[0]}x{size[1]}, batch 1, {where}, '
+             f'{"float16" if args.half else "float32"}{", torch.compile" if args.compile else ""}; '
+             f'median of {args.runs} runs after {args.warmup} warm-up; torch {torch.__version__}; '
+             f'command: `elan bench --scale {args.scale} --size {args.size} --device {args.device}'
+             f'{" --half" if args.half else ""}{" --compile" if args.compile else ""}'
+             f'{f" --threads {args.threads}" if args.threads else ""} --runs {args.runs} --warmup {args.warmup}`')
+    results = measure(args.models, args.scale, size, device, dtype, args.compile, args.runs, args.warmup,
+                      progress=not args.quiet)
+    table = markdown(results, setup)
+    print(table)
+    with atomic_path(md_path, overwrite=args.force) as tmp:
+        tmp.write_text(table)
+    with atomic_path(png_path, overwrite=args.force) as tmp:
+        bar_chart(results, f'x{args.scale}, {size[0]}x{size[1]} LR, {where}', tmp)
+    print(f'wrote {md_path} and {png_path}')
+    return 0

@@ -1,0 +1,135 @@
+"""``elan upscale -i IN -o OUT --weights W``: super-resolve one image or a folder of images to PNG."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Tuple
+
+from ..errors import ElanError
+
+Job = Tuple[Path, Path]  # (input image, output PNG)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..inference import DEFAULT_OVERLAP, DEFAULT_TILE
+
+    parser = subparsers.add_parser(
+        'upscale', help='super-resolve images with an ELAN checkpoint',
+        description='Upscale one image (PNG/JPEG/WebP/...) or every image directly inside a folder to PNG with '
+        'an ELAN checkpoint (BasicSR or authors\' format; variant and scale are read from the weights). '
+        'Large images can be processed in overlapping tiles, blended without seams, so memory depends on the '
+        'tile size rather than the image size. Inputs are never overwritten; outputs are written atomically.')
+    parser.add_argument('-i', '--input', required=True, type=Path, help='an image file, or a folder of images')
+    parser.add_argument('-o', '--output', required=True, type=Path,
+                        help='output .png file (or an existing folder) for one image; output folder for a folder')
+    parser.add_argument('--weights', required=True, help='ELAN checkpoint (.pth)')
+    parser.add_argument('--scale', type=int, help='expected upscale factor: refuse weights of another scale')
+    parser.add_argument('--tile', type=int, nargs='?', const=DEFAULT_TILE, default=0, metavar='N',
+                        help=f'process in N x N tiles (input pixels, rounded up to a multiple of 16); '
+                        f'--tile alone: {DEFAULT_TILE}; default: the whole image at once')
+    parser.add_argument('--tile-overlap', type=int, default=DEFAULT_OVERLAP, metavar='M',
+                        help=f'minimum overlap of neighbouring tiles in input pixels (default: {DEFAULT_OVERLAP})')
+    parser.add_argument('--device', default='auto', help='cpu, cuda or cuda:N (default: cuda if available)')
+    parser.add_argument('--half', action='store_true', help='float16 inference (CUDA only)')
+    parser.add_argument('--compile', action='store_true', help='torch.compile the network (pays off for folders)')
+    parser.add_argument('--force', action='store_true', help='replace output files that already exist')
+    parser.add_argument('--quiet', action='store_true', help='no progress bars')
+    parser.set_defaults(func=run)
+
+
+def plan_jobs(inp: Path, out: Path, force: bool) -> Tuple[List[Job], List[Path]]:
+    """The (input, output) pairs for ``-i inp -o out`` and the non-image files skipped.
+
+    Raises:
+        ElanError: missing input, empty folder, an output that is an input or exists
+            without ``force``, or two inputs that would write the same output.
+    """
+    from ..data.images import IMAGE_EXTENSIONS
+    from ..fileio import check_output_free
+
+    skipped: List[Path] = []
+    if inp.is_file():
+        if out.is_dir():
+            out = out / f'{inp.stem}.png'
+        elif out.suffix.lower() != '.png':
+            raise ElanError(f'-o {out}: outputs are PNG files; name it *.png (or give an existing folder)')
+        jobs = [(inp, out)]
+    elif inp.is_dir():
+        if out.exists() and not out.is_dir():
+            raise ElanError(f'-o {out} is a file; for a folder of inputs give an output folder')
+        if out.resolve() == inp.resolve():
+            raise ElanError(f'-o {out} is the input folder; write the results to another folder')
+        files = sorted(p for p in inp.iterdir() if p.is_file() and not p.name.startswith('.'))
+        skipped = [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+        jobs = [(p, out / f'{p.stem}.png') for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+        if not jobs:
+            raise ElanError(f'-i {inp}: no images in this folder (looked for {", ".join(IMAGE_EXTENSIONS)})')
+    else:
+        raise ElanError(f'-i {inp}: no such file or folder')
+    seen = {}
+    inputs = {src.resolve() for src, _ in jobs}
+    for src, dst in jobs:
+        if dst.resolve() in inputs:
+            raise ElanError(f'{dst} is an input image and would be overwritten; choose another -o')
+        if dst in seen:
+            raise ElanError(f'{seen[dst]} and {src} would both be written to {dst}; rename one of them')
+        seen[dst] = src
+        check_output_free(dst, force)
+    return jobs, skipped
+
+
+def _upscale_file(net, src: Path, dst: Path, scale: int, multiple: int, args: argparse.Namespace) -> None:
+    """Read ``src``, super-resolve it, write ``dst`` atomically; ElanError for unreadable input or OOM."""
+    import numpy as np
+
+    from ..data.images import read_image, write_png
+    from ..fileio import atomic_path
+    from ..inference import upscale_array
+
+    rgb = read_image(src)[:, :, ::-1].astype(np.float32) / 255.
+    try:
+        out = upscale_array(net, rgb, scale, multiple, tile=args.tile, overlap=args.tile_overlap,
+                            progress=not args.quiet)
+    except RuntimeError as err:  # torch.cuda.OutOfMemoryError is a RuntimeError
+        if 'out of memory' in str(err) or "can't allocate memory" in str(err):
+            raise ElanError(f'{src}: out of memory at {rgb.shape[1]}x{rgb.shape[0]}; '
+                            f'pass --tile (or a smaller --tile N)') from err
+        raise
+    with atomic_path(dst, overwrite=args.force) as tmp:
+        write_png(tmp, np.ascontiguousarray(out[:, :, ::-1]))
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..checkpoint import load_network_from_checkpoint
+    from ..inference import prepare_network, select_device
+
+    if args.tile < 0 or args.tile_overlap < 0:
+        raise ElanError('--tile and --tile-overlap must be >= 0')
+    device, dtype = select_device(args.device, args.half)
+    jobs, skipped = plan_jobs(args.input, args.output, args.force)
+    net = load_network_from_checkpoint(args.weights)
+    if args.scale is not None and net.upscale != args.scale:
+        raise ElanError(f'{args.weights} holds an x{net.upscale} ELAN but --scale {args.scale} was asked; '
+                        f'use x{args.scale} weights or drop --scale')
+    scale, multiple = net.upscale, net.pad_multiple
+    net = prepare_network(net, device, dtype, args.compile)
+    for path in skipped:
+        print(f'elan upscale: skipped {path}: not an image file', file=sys.stderr)
+    failed = []
+    for src, dst in tqdm(jobs, unit='image', disable=args.quiet or len(jobs) == 1):
+        try:
+            _upscale_file(net, src, dst, scale, multiple, args)
+        except ElanError as err:
+            if len(jobs) == 1:
+                raise
+            failed.append(src)
+            tqdm.write(f'elan upscale: failed: {err}', file=sys.stderr)
+    where = args.output if args.input.is_dir() else jobs[0][1]
+    print(f'upscaled {len(jobs) - len(failed)} of {len(jobs)} image(s) x{scale} on {device} -> {where}')
+    if failed:
+        print(f'elan upscale: {len(failed)} image(s) failed: {", ".join(map(str, failed))}', file=sys.stderr)
+        return 1
+    return 0
