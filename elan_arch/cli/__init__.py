@@ -13,7 +13,7 @@ from typing import List, Optional
 
 from ..errors import ElanError
 
-SUBCOMMANDS = ('convert', 'prepare', 'train', 'test')
+SUBCOMMANDS = ('convert', 'prepare', 'train', 'test', 'upscale', 'bench')
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,56 @@
+"""``elan bench`` on a tiny input: the table's counts against independent numbers, the files it writes."""
+from __future__ import annotations
+
+import re
+
+import cv2
+import pytest
+import torch
+
+import elan_arch  # noqa: F401  (before basicsr)
+from elan_arch.cli import main
+
+
+def edsr_baseline_flops(h: int, w: int) -> int:
+    """FLOPs (2 per multiply-add) of BasicSR's EDSR baseline x4 on an h x w input, all 3x3 convs.
+
+    head 3->64, 16 blocks x 2 + conv_after_body 64->64, upsampler 64->256 at 1x and at 2x, conv_last 64->3 at 4x.
+    """
+    macs_per_lr_pixel = 9 * (3 * 64 + 33 * 64 * 64 + 64 * 256 + 4 * 64 * 256 + 16 * 64 * 3)
+    return 2 * macs_per_lr_pixel * h * w
+
+
+def test_bench_writes_table_and_chart_with_the_right_counts(tmp_path, capsys):
+    args = ['bench', '--size', '20x27', '--runs', '2', '--warmup', '0', '--models', 'elan-light', 'swinir-light',
+            'edsr', '--output-dir', str(tmp_path), '--quiet']
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    table = (tmp_path / 'bench_cpu_x4_20x27.md').read_text()
+    assert table in printed
+    rows = {m.group(1): m.group(2).split(' | ') for m in re.finditer(r'^\| ([^|]+) \| (.+) \|$', table, re.M)}
+    # parameters: ELAN.md's counts for ELAN-light x4 and BasicSR's SwinIR-light x4; EDSR baseline x4
+    assert rows['ELAN-light'][0] == '601,488'
+    assert rows['SwinIR-light'][0] == '929,628'
+    assert rows['EDSR-baseline'][0] == '1,517,571'
+    assert float(rows['EDSR-baseline'][1]) == pytest.approx(edsr_baseline_flops(20, 27) / 1e9, abs=0.05)
+    assert rows['SwinIR-light'][3] == '1.00x'
+    for cells in rows.values():
+        if cells[0][0].isdigit():
+            assert float(cells[2].split()[0]) > 0 and cells[3].endswith('x') and float(cells[4]) >= 0
+    assert '20x27' in table and 'elan bench --scale 4 --size 20x27' in table
+    chart = cv2.imread(str(tmp_path / 'bench_cpu_x4_20x27.png'))
+    assert chart is not None and chart.shape[0] > 200 and chart.shape[1] > 600 and chart.std() > 10
+    assert main(args) == 2  # results are not replaced without --force
+    assert 'already exists; pass --force' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--size', '20by27'], "--size '20by27': expected HEIGHTxWIDTH"),
+    (['--runs', '0'], '--runs must be >= 1'),
+    pytest.param(['--device', 'cuda:0', '--half'], '--device cuda:0: no CUDA device',
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason='a CUDA device is present')),
+])
+def test_bench_refuses_bad_options(tmp_path, capsys, args, message):
+    assert main(['bench', '--output-dir', str(tmp_path), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

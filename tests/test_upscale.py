@@ -1,0 +1,163 @@
+"""Tiled inference (elan_arch/inference.py) and the ``elan upscale`` command."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import elan_arch  # noqa: F401  (before basicsr)
+from elan_arch import ELAN, ELAN_VARIANTS
+from elan_arch.cli import main
+from elan_arch.inference import DEFAULT_OVERLAP, blend_weights, tile_starts, upscale_array
+from helpers_inference import calibrated, photo, to_tensor
+
+SMALL = dict(c_elan=15, m_elan=4, n_share=1, r_expand=2)
+
+
+class NearestSpy(torch.nn.Module):
+    """A pointwise "network" (nearest upscaling) that records the input sizes it is called with."""
+
+    def __init__(self, scale: int) -> None:
+        super().__init__()
+        self.scale, self.sizes = scale, []
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(tuple(x.shape[-2:]))
+        return F.interpolate(x, scale_factor=self.scale, mode='nearest')
+
+
+@pytest.mark.parametrize('size,tile,overlap', [(160, 64, 32), (208, 64, 16), (48, 64, 32), (2000, 256, 32)])
+def test_tiles_are_aligned_cover_and_blend_to_one(size, tile, overlap):
+    size = -(-size // 16) * 16
+    starts, length = tile_starts(size, tile, overlap, 16)
+    assert length == min(tile, size) and starts[0] == 0 and starts[-1] + length == size
+    assert all(s % 16 == 0 for s in starts)
+    assert all(prev + length - nxt >= overlap for prev, nxt in zip(starts, starts[1:]))
+    total = torch.zeros(size * 3)
+    for start, weight in zip(starts, blend_weights(starts, length, 3)):
+        assert weight.min() > 0
+        total[start * 3:(start + length) * 3] += weight
+    assert torch.allclose(total, torch.ones_like(total), atol=1e-6)
+
+
+def test_large_image_only_ever_runs_tile_sized_inputs_and_stitches_exactly():
+    # 2000 x 2000: the network sees 256 x 256 tiles only, so its memory is the tile's; a
+    # pointwise network shows that blending and row-strip stitching are exact
+    img = np.random.default_rng(0).random((2000, 2000, 3), dtype=np.float32)
+    spy = NearestSpy(2)
+    out = upscale_array(spy, img, 2, 16, tile=256, out_dtype=np.float32)
+    assert set(spy.sizes) == {(256, 256)} and len(spy.sizes) == 81
+    expected = img.repeat(2, axis=0).repeat(2, axis=1)
+    assert np.abs(out - expected).max() < 1e-6
+
+
+def test_one_tile_covering_the_image_equals_untiled_exactly():
+    img = photo(20, 27)
+    net = calibrated(ELAN(upscale=3, **SMALL), to_tensor(img))
+    whole = upscale_array(net, img, 3, net.pad_multiple, tile=0, out_dtype=np.float32)
+    assert whole.shape == (60, 81, 3)
+    for tile in (32, 64):  # 20x27 pads to 32x32: one 32x32 tile
+        assert np.array_equal(upscale_array(net, img, 3, net.pad_multiple, tile=tile, out_dtype=np.float32), whole)
+
+
+def test_default_overlap_tiles_reach_45_db_on_a_real_photo():
+    img = photo(150, 200)
+    net = calibrated(ELAN(upscale=2, **ELAN_VARIANTS['ELAN-light']), to_tensor(img))
+    whole = upscale_array(net, img, 2, 16, tile=0).astype(np.float64)
+    tiled = upscale_array(net, img, 2, 16, tile=64, overlap=DEFAULT_OVERLAP).astype(np.float64)
+    psnr = 10 * np.log10(255.**2 / np.mean((whole - tiled)**2))
+    print(f'tile 64, overlap {DEFAULT_OVERLAP}: {psnr:.2f} dB against the whole-image output')
+    assert 45 < psnr < 100  # not identical: the tiles really were separate
+    assert whole.std() > 20  # an image-like output, not a flat one
+
+
+@pytest.fixture(scope='module')
+def weights(tmp_path_factory) -> Path:
+    """A small x2 ELAN checkpoint in BasicSR's format, BatchNorm statistics from a real photo."""
+    torch.manual_seed(0)
+    net = calibrated(ELAN(upscale=2, **SMALL), to_tensor(photo(32, 32)))
+    path = tmp_path_factory.mktemp('weights') / 'elan_x2.pth'
+    torch.save({'params': net.state_dict()}, path)
+    return path
+
+
+def bgr(img: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray((img[:, :, ::-1] * 255).round().astype(np.uint8))
+
+
+def test_folder_with_a_corrupt_file_reports_it_and_finishes_the_others(tmp_path, weights, capsys):
+    src = tmp_path / 'in'
+    src.mkdir()
+    cv2.imwrite(str(src / 'a.png'), bgr(photo(20, 27)))
+    cv2.imwrite(str(src / 'b.jpg'), bgr(photo(17, 23, top=200)))
+    cv2.imwrite(str(src / 'c.webp'), bgr(photo(16, 16, top=300)), [cv2.IMWRITE_WEBP_QUALITY, 101])
+    (src / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n' + b'\x00' * 40)  # a truncated PNG
+    (src / 'notes.txt').write_text('not an image')
+    code = main(['upscale', '-i', str(src), '-o', str(tmp_path / 'out'), '--weights', str(weights), '--quiet',
+                 '--device', 'cpu'])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert 'broken.png cannot be read as an image' in err and 'notes.txt: not an image file' in err
+    assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['a.png', 'b.png', 'c.png']
+    net = ELAN(upscale=2, **SMALL)
+    net.load_state_dict(torch.load(weights)['params'])
+    net.eval()
+    for name in ('a.png', 'b.jpg', 'c.webp'):
+        lr = cv2.imread(str(src / name))[:, :, ::-1].astype(np.float32) / 255.
+        expected = upscale_array(net, lr, 2, 16)[:, :, ::-1]
+        assert np.array_equal(cv2.imread(str(tmp_path / 'out' / (Path(name).stem + '.png'))), expected)
+
+
+def test_single_image_tiled_with_progress_and_never_overwriting(tmp_path, weights, capsys):
+    src = tmp_path / 'a.jpg'
+    cv2.imwrite(str(src), bgr(photo(40, 70)))
+    before = src.read_bytes()
+    out = tmp_path / 'a_x2.png'
+    assert main(['upscale', '-i', str(src), '-o', str(out), '--weights', str(weights), '--tile', '32',
+                 '--tile-overlap', '16', '--scale', '2']) == 0
+    assert cv2.imread(str(out)).shape == (80, 140, 3)
+    assert 'tile' in capsys.readouterr().err  # the tqdm bar over tiles
+    assert main(['upscale', '-i', str(src), '-o', str(out), '--weights', str(weights)]) == 2
+    assert 'already exists; pass --force' in capsys.readouterr().err
+    png = tmp_path / 'a.png'
+    cv2.imwrite(str(png), bgr(photo(16, 16)))
+    png_bytes = png.read_bytes()
+    assert main(['upscale', '-i', str(png), '-o', str(png), '--weights', str(weights), '--force']) == 2
+    assert 'is an input image and would be overwritten' in capsys.readouterr().err
+    assert src.read_bytes() == before and png.read_bytes() == png_bytes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['a.jpg', 'a.png', 'a_x2.png']  # no temporary files
+
+
+@pytest.mark.parametrize('case,message', [
+    ('scale', 'holds an x2 ELAN but --scale 4 was asked'),
+    ('not_elan', 'not an ELAN checkpoint'),
+    ('corrupt_input', 'cannot be read as an image'),
+    ('half_cpu', '--half needs a CUDA device'),
+    ('jpg_output', 'outputs are PNG files'),
+    ('missing', 'no such file or folder'),
+])
+def test_clear_errors(tmp_path, weights, capsys, case, message):
+    src = tmp_path / 'a.png'
+    cv2.imwrite(str(src), bgr(photo(16, 16)))
+    args = ['upscale', '-i', str(src), '-o', str(tmp_path / 'b.png'), '--weights', str(weights), '--device', 'cpu']
+    if case == 'scale':
+        args += ['--scale', '4']
+    elif case == 'not_elan':
+        torch.save({'params': torch.nn.Conv2d(3, 3, 3).state_dict()}, tmp_path / 'w.pth')
+        args[args.index(str(weights))] = str(tmp_path / 'w.pth')
+    elif case == 'corrupt_input':
+        src.write_bytes(b'garbage')
+    elif case == 'half_cpu':
+        args.append('--half')
+    elif case == 'jpg_output':
+        args[args.index('-o') + 1] = str(tmp_path / 'b.jpg')
+    else:
+        args[args.index('-i') + 1] = str(tmp_path / 'nope.png')
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / 'b.png').exists()
