@@ -10,12 +10,14 @@ stop at the same iteration.
 
 The hooks wrap two functions of ``basicsr.train`` (see :mod:`elan_arch.train_patches`):
 ``create_train_val_dataloader`` (to know the epoch, which the resume state records) and
-``build_model`` (to check the flag after each ``optimize_parameters``).
+``build_model`` (to check the flag after each ``optimize_parameters``), and
+``basicsr.data.worker_init_fn`` (DataLoader workers leave the signals to the main process).
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import multiprocessing
 import signal
 from os import path as osp
 from typing import Any, Callable, Dict, Iterator, Optional
@@ -65,10 +67,47 @@ def stop_on_signals() -> Iterator[StopFlag]:
     _RUN.update(stop=flag, sampler=None)
     try:
         yield flag
+    except BaseException:
+        _stop_data_workers()
+        raise
     finally:
         _RUN.update(stop=None, sampler=None)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _stop_data_workers() -> None:
+    """Kill this process's multiprocessing children (DataLoader workers) and reap them.
+
+    After an exception the loader iterator lives on in the traceback, so its workers would only be
+    stopped at interpreter exit by ``terminate()`` (SIGTERM), which they ignore here. PyTorch's
+    SIGCHLD handler, which would report the killed workers as a failure, is off meanwhile.
+    """
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        for child in multiprocessing.active_children():
+            child.kill()
+            child.join(timeout=10)
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+
+
+def signals_to_main_process(worker_init_fn: Callable) -> Callable:
+    """Wrap ``basicsr.data.worker_init_fn``: DataLoader workers ignore SIGINT and SIGTERM.
+
+    Ctrl-C reaches the whole process group and Slurm signals every process of a job, so without
+    this the workers die first and the main process fails with "DataLoader worker ... is killed
+    by signal" before it can save. The loader still stops them normally at the end of training;
+    after an exception :func:`stop_on_signals` kills them.
+    """
+
+    @functools.wraps(worker_init_fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return worker_init_fn(*args, **kwargs)
+
+    return wrapper
 
 
 def remember_sampler(create_loaders: Callable) -> Callable:
@@ -105,9 +144,13 @@ def _checked(model: Any, optimize: Callable, flag: StopFlag) -> Callable:
         signum = flag.agreed(model.device)
         if signum is not None:
             sampler = _RUN['sampler']
+            from basicsr.utils import get_root_logger
+
             model.save(sampler.epoch if sampler is not None else 0, current_iter)
-            raise TrainingInterrupted(signum, current_iter,
-                                      osp.join(model.opt['path']['training_states'], f'{current_iter}.state'))
+            stop = TrainingInterrupted(signum, current_iter,
+                                       osp.join(model.opt['path']['training_states'], f'{current_iter}.state'))
+            get_root_logger().warning(f'Training {stop}')
+            raise stop
         return result
 
     return optimize_parameters

@@ -2,30 +2,26 @@
 
 :func:`apply` replaces a few basicsr functions in memory (nothing on disk; plain
 ``import elan_arch`` applies none of them). Each replacement keeps basicsr's
-behaviour wherever basicsr works and only changes the case it gets wrong:
+behaviour wherever basicsr works and only changes the case it gets wrong
+(``basicsr.`` omitted below):
 
-========================================================  =====================================================
-basicsr 1.4.2 function                                    what goes wrong / what the replacement does
-========================================================  =====================================================
-``utils.dist_util._init_dist_pytorch``                    ``torch.cuda.set_device(rank % device_count())``:
-                                                          ZeroDivisionError without a GPU, and the global rank
-                                                          modulo ignores torchrun's ``LOCAL_RANK``. Uses
-                                                          ``LOCAL_RANK``; without CUDA, gloo instead of NCCL.
-``utils.dist_util._init_dist_slurm``                      Same ``set_device`` trap. Sets basicsr's environment
-                                                          (MASTER_ADDR from ``scontrol``, MASTER_PORT, RANK,
-                                                          WORLD_SIZE, LOCAL_RANK) and then initialises as above.
-``models.base_model.BaseModel.model_to_device``           DDP always gets ``device_ids=[cuda.current_device()]``,
-                                                          which fails on CPU; CPU DDP gets no ``device_ids``.
-``models.base_model.BaseModel.save_network`` /            Written in place: an interrupted write leaves a
-``save_training_state``                                   truncated ``.pth``/``.state`` that ``--auto_resume``
-                                                          picks up. Now written in a hidden temporary folder and
-                                                          renamed into place.
-``train.load_resume_state``                               Maps the state to ``cuda.current_device()``, which fails
-                                                          without CUDA; maps to the current CUDA device or CPU,
-                                                          and names the missing network file if there is one.
-``train.create_train_val_dataloader``, ``train.build_model``  Wrapped (not changed) so that SIGINT/SIGTERM save a
-                                                          resumable state (:mod:`elan_arch.interrupt`).
-========================================================  =====================================================
+- ``utils.dist_util._init_dist_pytorch``: basicsr calls
+  ``torch.cuda.set_device(rank % device_count())`` (ZeroDivisionError without a GPU;
+  the global rank ignores torchrun's ``LOCAL_RANK``). Replaced by :func:`init_dist_pytorch`:
+  ``LOCAL_RANK`` with CUDA, the gloo backend on CPU without it.
+- ``utils.dist_util._init_dist_slurm``: the same ``set_device`` trap. Replaced by
+  :func:`init_dist_slurm`: basicsr's environment (:func:`slurm_environment`), then as above.
+- ``models.base_model.BaseModel.model_to_device``: DDP always gets
+  ``device_ids=[cuda.current_device()]``, which fails on CPU. CPU DDP gets no ``device_ids``.
+- ``models.base_model.BaseModel.save_network`` / ``save_training_state``: written in place,
+  so an interrupted write leaves a truncated ``.pth``/``.state`` that ``--auto_resume`` then
+  picks. Now written in a hidden temporary folder and renamed into place.
+- ``train.load_resume_state``: maps the state to ``cuda.current_device()``, which fails without
+  CUDA. Replaced by :func:`load_resume_state`: the current CUDA device or the CPU, and a clear
+  error when the state or its networks are missing.
+- ``train.create_train_val_dataloader``, ``train.build_model``, ``data.worker_init_fn``:
+  wrapped, results unchanged, so that SIGINT/SIGTERM save a resumable state
+  (:mod:`elan_arch.interrupt`).
 """
 from __future__ import annotations
 
@@ -175,6 +171,7 @@ def apply() -> None:
     """Install the replacements (idempotent). Called by the ``basicsr`` command before any pipeline runs."""
     if _ORIGINALS:
         return
+    import basicsr.data as data
     import basicsr.train as train
     import basicsr.utils.dist_util as dist_util
     from basicsr.models.base_model import BaseModel
@@ -190,3 +187,4 @@ def apply() -> None:
     train.load_resume_state = load_resume_state
     train.create_train_val_dataloader = interrupt.remember_sampler(train.create_train_val_dataloader)
     train.build_model = interrupt.stop_with_state(train.build_model)
+    data.worker_init_fn = interrupt.signals_to_main_process(data.worker_init_fn)

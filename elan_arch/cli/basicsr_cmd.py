@@ -117,10 +117,10 @@ def check_option_file(path: str, plugins: List[str], overridden: List[str]) -> D
 def run_pipeline(args: argparse.Namespace) -> int:
     """Run ``args.phase`` ('train' or 'test') with basicsr's pipeline; return the exit code."""
     plugins = load_plugins()
+    check_option_file(args.opt, plugins, [entry.split('=')[0].strip() for entry in args.force_yml or []])
     from .. import interrupt, train_patches
 
     train_patches.apply()
-    check_option_file(args.opt, plugins, [entry.split('=')[0].strip() for entry in args.force_yml or []])
     saved_argv = sys.argv
     sys.argv = [f'basicsr {args.phase}', *pipeline_argv(args)]
     try:
