@@ -26,7 +26,7 @@ from .errors import ElanError
 
 TRAIN_OPT = 'options/train_ELAN_light_x4_demo.yml'
 TEST_OPT = 'options/test_ELAN_light_x4_demo.yml'
-ITER_PATTERN = re.compile(r'iter:\s*([\d,]+)')
+ITER_PATTERN = re.compile(r'\[epoch:\s*\d+, iter:\s*([\d,]+),')  # basicsr's training log lines
 
 
 def _load_yaml(path: str) -> dict:
@@ -48,14 +48,17 @@ def run_logged(argv: Sequence[str], total_iters: Optional[int] = None) -> None:
 
     command = [sys.executable, '-m', 'elan_arch.cli.basicsr_cmd', *argv]
     print('$ basicsr ' + ' '.join(argv), flush=True)
+    # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other work, spinning
+    # threads slow PyTorch down by an order of magnitude; on an idle CPU the cost is negligible.
     env = dict(os.environ, PYTHONUNBUFFERED='1')
+    env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     tail: List[str] = []
     bar = tqdm(total=total_iters, unit='iter', desc='training', dynamic_ncols=True) if total_iters else None
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         for line in proc.stdout:
             tail = (tail + [line.rstrip()])[-40:]
             match = ITER_PATTERN.search(line)
-            if bar is not None and match and 'Start training' not in line:
+            if bar is not None and match:
                 bar.update(int(match.group(1).replace(',', '')) - bar.n)
             if re.search(r'Validation|# psnr|# ssim|error|Error', line):
                 (bar.write if bar is not None else print)(line.rstrip())

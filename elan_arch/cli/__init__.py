@@ -24,16 +24,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_command(prog: str, args: argparse.Namespace) -> int:
+    """Call ``args.func(args)``; :class:`ElanError` prints ``<prog> <command>: error: ...`` and gives 2,
+    Ctrl-C gives 130. Shared by the ``elan`` and ``basicsr`` commands."""
     try:
         return int(args.func(args) or 0)
     except ElanError as err:
-        print(f'elan {args.command}: error: {err}', file=sys.stderr)
+        print(f'{prog} {args.command}: error: {err}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f'elan {args.command}: interrupted', file=sys.stderr)
+        print(f'{prog} {args.command}: interrupted', file=sys.stderr)
         return 130
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_command('elan', build_parser().parse_args(argv))
 
 
 if __name__ == '__main__':

@@ -5,9 +5,9 @@ its root (experiments/, results/ and tb_logger/ land there). This command:
 
 1. imports every module of the ``basicsr.plugins`` entry-point group (this package is one),
    so an option file can name archs, models and datasets of several plugins;
-2. applies :mod:`elan_arch.train_patches` (CPU/gloo distributed, CPU resume, atomic
+2. checks the option file (exists, is YAML, names registered types);
+3. applies :mod:`elan_arch.train_patches` (CPU/gloo distributed, CPU resume, atomic
    checkpoints) and, for training, :mod:`elan_arch.interrupt` (SIGINT/SIGTERM save a state);
-3. checks the option file (exists, is YAML, names registered types);
 4. hands over to ``basicsr.train.train_pipeline`` / ``basicsr.test.test_pipeline`` with the
    current directory as the root, with basicsr's own argument parser seeing the same options.
 
@@ -46,9 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog='basicsr', description='Run BasicSR training or testing from an option file, with every installed '
         f'BasicSR plugin (entry-point group {PLUGIN_GROUP}) loaded; the current directory is the root of '
         'experiments/, results/ and tb_logger/.')
-    sub = parser.add_subparsers(dest='phase', required=True, metavar='PHASE')
-    add_pipeline_arguments(sub.add_parser('train', help='basicsr.train.train_pipeline'))
-    add_pipeline_arguments(sub.add_parser('test', help='basicsr.test.test_pipeline'))
+    sub = parser.add_subparsers(dest='command', required=True, metavar='PHASE')
+    for phase in ('train', 'test'):
+        phase_parser = sub.add_parser(phase, help=f'basicsr.{phase}.{phase}_pipeline')
+        add_pipeline_arguments(phase_parser)
+        phase_parser.set_defaults(func=run_pipeline, phase=phase)
     return parser
 
 
@@ -143,15 +145,9 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run_pipeline(args)
-    except ElanError as err:
-        print(f'basicsr {args.phase}: error: {err}', file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f'basicsr {args.phase}: interrupted', file=sys.stderr)
-        return 130
+    from . import run_command
+
+    return run_command('basicsr', build_parser().parse_args(argv))
 
 
 if __name__ == '__main__':
