@@ -19,7 +19,8 @@ from basicsr.metrics import calculate_psnr
 from basicsr.models import build_model
 from basicsr.utils import tensor2img
 from elan_arch.errors import ElanError
-from elan_arch.models.test_time import self_ensemble, tile_spans, tiled_forward
+from elan_arch.inference import upscale_array
+from elan_arch.models.test_time import self_ensemble
 
 SMALL_ELAN = dict(type='ELAN', upscale=4, c_elan=15, m_elan=4, n_share=1, r_expand=2, window_sizes=[4, 8, 16])
 
@@ -86,31 +87,16 @@ def test_basicsr_ema_alone_keeps_initial_statistics(tmp_path):
     assert not all(torch.equal(ema[k], v) for k, v in bn_buffers(model.net_g).items())
 
 
-def test_tile_spans_cover_every_pixel_once():
-    for length, tile, overlap in [(10, 16, 4), (37, 16, 4), (64, 16, 0), (65, 16, 8), (100, 30, 29)]:
-        spans = tile_spans(length, tile, overlap)
-        owned = [i for _, lo, hi in spans for i in range(lo, hi)]
-        assert owned == list(range(length))
-        for start, lo, hi in spans:
-            assert start <= lo < hi <= start + min(tile, length) and 0 <= start
-        if length > tile:
-            assert all(b[0] - a[0] <= tile - overlap for a, b in zip(spans, spans[1:]))
-
-
-def test_tiled_forward_matches_whole_image_for_a_local_network():
+def test_tiled_validation_matches_whole_images_when_one_tile_covers_them(tmp_path):
+    opt = make_opt(tmp_path)
+    opt['val']['tile'] = {'size': 48, 'overlap': 8}  # one tile covers the 29 x 37 input
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 48, 3, padding=1), nn.PixelShuffle(4))  # reach: 1 LR pixel
-    seen = []
-    x = torch.rand(1, 3, 37, 29)
-
-    def spy(patch):
-        seen.append(tuple(patch.shape[-2:]))
-        return net(patch)
-
+    model = build_model(opt)
+    lq = torch.rand(2, 3, 29, 37)
+    tiled = model.upscale(lq)
     with torch.no_grad():
-        out = tiled_forward(spy, x, tile=16, overlap=4)
-        torch.testing.assert_close(out, net(x), rtol=0, atol=1e-6)
-    assert max(max(s) for s in seen) == 16 and len(seen) == 3 * 3
+        whole = model.get_bare_model(model.net_g).eval()(lq).clamp(0, 1)
+    torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-5)
 
 
 def test_self_ensemble_is_the_mean_over_the_dihedral_group():
@@ -156,8 +142,12 @@ def test_validation_on_odd_sized_images(tmp_path, val_extra):
     net = copy.deepcopy(model.net_g).eval()
     for data in loader:
         with torch.no_grad():
-            forward = lambda x: tiled_forward(net, x, 16, 4) if val_extra.get('tile') else net(x)  # noqa: E731
-            out = self_ensemble(forward, data['lq']) if val_extra.get('self_ensemble') else forward(data['lq'])
+            if val_extra.get('tile'):
+                out = upscale_array(net, data['lq'][0].permute(1, 2, 0).numpy(), 4, 16, tile=16, overlap=4,
+                                    out_dtype=np.float32)
+                out = torch.from_numpy(out).permute(2, 0, 1)[None]
+            else:
+                out = self_ensemble(net, data['lq']) if val_extra.get('self_ensemble') else net(data['lq'])
         assert out.shape == data['gt'].shape
         psnrs.append(calculate_psnr(tensor2img(out), tensor2img(data['gt']), 4, test_y_channel=True))
     assert model.metric_results['psnr'] == pytest.approx(np.mean(psnrs), abs=1e-9)

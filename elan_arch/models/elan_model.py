@@ -12,7 +12,7 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from ..errors import ElanError
-from .test_time import self_ensemble, tiled_forward
+from .test_time import self_ensemble, tiled_upscale
 
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -48,7 +48,8 @@ class ELANModel(SRModel):
       ``model_ema`` averages parameters only, so ``net_g_ema`` and the saved ``params_ema``
       would keep their initial statistics and validate wrongly.
     * Validation / testing on whole images of any size (the network pads internally), with
-      ``val.tile: {size: S, overlap: O}`` (in LR pixels) for images too large for memory and
+      ``val.tile: {size: S, overlap: O}`` (in LR pixels; :func:`elan_arch.inference.upscale_array`,
+      output clamped to [0, 1]) for images too large for memory and
       ``val.self_ensemble: true`` for the x8 flip/transpose ensemble.
     * ``train.amp: bf16 | fp16``: forward pass under autocast (fp16 with a gradient scaler),
       loss in float32. ``train.compile: true`` (or a mapping of ``torch.compile`` arguments)
@@ -126,7 +127,7 @@ class ELANModel(SRModel):
             size, overlap = self.tile
 
             def forward(x: Tensor) -> Tensor:
-                return tiled_forward(net, x, size, overlap)
+                return tiled_upscale(net, x, self.opt['scale'], size, overlap)
 
         try:
             with torch.no_grad():

@@ -1,51 +1,31 @@
-"""Test-time helpers of :class:`~elan_arch.models.elan_model.ELANModel`: tiled inference and the x8 self-ensemble."""
+"""Test-time helpers of :class:`~elan_arch.models.elan_model.ELANModel`: tiled inference (through
+:func:`elan_arch.inference.upscale_array`) and the x8 self-ensemble, on BasicSR's (B, C, h, w) tensors."""
 from __future__ import annotations
 
-from typing import Callable, List, Tuple
+from typing import Callable
 
+import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 Network = Callable[[Tensor], Tensor]
 
 
-def tile_spans(length: int, tile: int, overlap: int) -> List[Tuple[int, int, int]]:
-    """Cover ``range(length)`` with windows of ``tile`` pixels overlapping by at least ``overlap``.
+def tiled_upscale(net: nn.Module, x: Tensor, scale: int, tile: int, overlap: int) -> Tensor:
+    """``net(x)`` computed on ``tile`` x ``tile`` tiles (LR pixels) that overlap by ``overlap`` and are
+    cross-faded, one image of the batch at a time (:func:`elan_arch.inference.upscale_array`).
 
-    Returns ``(start, own_start, own_end)`` per window: the window is ``[start, start + tile)`` and
-    it alone provides the output of ``[own_start, own_end)``; neighbours split their overlap in the
-    middle, so every pixel is taken from the window where it lies farthest from a cut edge.
+    Peak memory is the network's for one tile. The output is clamped to [0, 1], as BasicSR's
+    ``tensor2img`` would do. Shape: (B, C, h, w) -> (B, C, h*scale, w*scale).
     """
-    if length <= tile:
-        return [(0, 0, length)]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride)) + [length - tile]
-    cuts = [0] + [(nxt + cur + tile) // 2 for cur, nxt in zip(starts, starts[1:])] + [length]
-    return [(start, cuts[i], cuts[i + 1]) for i, start in enumerate(starts)]
+    from ..inference import upscale_array
 
-
-def tiled_forward(net: Network, x: Tensor, tile: int, overlap: int) -> Tensor:
-    """``net(x)`` computed tile by tile on ``tile`` x ``tile`` windows of ``x`` (LR pixels).
-
-    Each window is upscaled on its own (peak memory of one window); the output of each pixel
-    comes from the window that owns it (:func:`tile_spans`). With ``overlap`` larger than the
-    network's reach the result equals the whole-image output. The scale is read from the first
-    window's output. Shape: (B, C, h, w) -> (B, C, h*s, w*s).
-    """
-    rows, cols = tile_spans(x.shape[-2], tile, overlap), tile_spans(x.shape[-1], tile, overlap)
-    out = None
-    scale = 1
-    for top, own_top, own_bottom in rows:
-        for left, own_left, own_right in cols:
-            patch = x[..., top:top + tile, left:left + tile]
-            y = net(patch)
-            if out is None:
-                scale = y.shape[-2] // patch.shape[-2]
-                out = y.new_empty(*x.shape[:-2], x.shape[-2] * scale, x.shape[-1] * scale)
-            out[..., own_top * scale:own_bottom * scale, own_left * scale:own_right * scale] = \
-                y[..., (own_top - top) * scale:(own_bottom - top) * scale,
-                  (own_left - left) * scale:(own_right - left) * scale]
-    return out
+    outputs = []
+    for img in x:
+        out = upscale_array(net, img.permute(1, 2, 0).float().cpu().numpy(), scale, getattr(net, 'pad_multiple', 1),
+                            tile=tile, overlap=overlap, out_dtype=np.float32)
+        outputs.append(torch.from_numpy(out).permute(2, 0, 1))
+    return torch.stack(outputs).to(x.device)
 
 
 def self_ensemble(net: Network, x: Tensor) -> Tensor:
