@@ -5,7 +5,6 @@ import contextlib
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,8 +62,9 @@ def parallel_map(func: Callable[[T], R], items: Sequence[T], workers: int, desc:
                 yield func(item)
                 bar.update()
             return
-        # fork (Linux) starts workers without re-importing torch and basicsr
-        ctx = multiprocessing.get_context('fork' if sys.platform.startswith('linux') else None)
+        # spawn, not fork: forking a process whose torch/OpenMP thread pools already ran deadlocks the
+        # children as soon as they run torch (imresize); fresh interpreters cost an import, never a hang
+        ctx = multiprocessing.get_context('spawn')
         with _sigint_ignored():
             pool = ctx.Pool(min(workers, len(items)), initializer=_init_worker)
         with pool:
