@@ -84,11 +84,11 @@ def blend_weights(starts: List[int], length: int, scale: int) -> List[Tensor]:
 
 
 def _to_image(t: Tensor, dtype: np.dtype) -> np.ndarray:
-    """(C, h, w) float in [0, 1] (clamped here) -> (h, w, C) array of ``dtype`` (uint8/uint16 rounded, or float32)."""
+    """(C, h, w) float in [0, 1] (clamped here) -> C-contiguous (h, w, C) array of ``dtype`` (integers rounded)."""
     t = t.float().clamp(0, 1)
     if np.issubdtype(dtype, np.integer):
         t = (t * float(np.iinfo(dtype).max)).round()
-    return t.permute(1, 2, 0).cpu().numpy().astype(dtype)
+    return t.permute(1, 2, 0).contiguous().cpu().numpy().astype(dtype)
 
 
 def upscale_array(net: nn.Module, img: np.ndarray, scale: int, pad_multiple: int, tile: int = 0,

@@ -81,6 +81,7 @@ def plan_jobs(inp: Path, out: Path, force: bool) -> Tuple[List[Job], List[Path]]
 
 def _upscale_file(net, src: Path, dst: Path, scale: int, multiple: int, args: argparse.Namespace) -> None:
     """Read ``src``, super-resolve it, write ``dst`` atomically; ElanError for unreadable input or OOM."""
+    import cv2
     import numpy as np
 
     from ..data.images import read_image, write_png
@@ -97,7 +98,7 @@ def _upscale_file(net, src: Path, dst: Path, scale: int, multiple: int, args: ar
                             f'pass --tile (or a smaller --tile N)') from err
         raise
     with atomic_path(dst, overwrite=args.force) as tmp:
-        write_png(tmp, np.ascontiguousarray(out[:, :, ::-1]))
+        write_png(tmp, cv2.cvtColor(out, cv2.COLOR_RGB2BGR, dst=out))  # in place: no second output-sized copy
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+"""The benchmark behind the README's inference figures (a script, not a test: it takes minutes).
+
+1. ``elan bench``: ELAN-light / ELAN (fast path), ELAN-light on the reference arithmetic,
+   BasicSR's SwinIR-light and EDSR baseline, x4 on a 176x320 LR input, in one run.
+2. Peak resident memory and time of ``elan upscale`` (ELAN-light x4) on a 2000x2000
+   photo with 128 and 256 tiles, against whole-image runs on smaller inputs.
+3. Agreement of tiled (default tile and overlap) and whole-image outputs on a real photo.
+
+Usage: ``python scripts/benchmark.py [--device cuda] [--half] [--threads 2] [--output-dir docs/bench]``.
+Writes ``<output-dir>/bench_<device>[_half]_x4_176x320.md/.png`` (step 1, by ``elan bench``) and
+``<output-dir>/upscale_<device>[_half].md`` (steps 2 and 3).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Tuple
+
+import cv2
+import numpy as np
+import skimage.data
+import torch
+
+import elan_arch  # noqa: F401  (before basicsr)
+from elan_arch import ELAN
+from elan_arch.inference import DEFAULT_OVERLAP, DEFAULT_TILE, upscale_array
+
+# Run in a fresh interpreter: its RUSAGE_CHILDREN peak is then that of this one command.
+_PEAK_WRAPPER = ('import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; '
+                 'print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)')
+
+
+def photo(size: int) -> np.ndarray:
+    """scikit-image's astronaut photograph resized to size x size (uint8 BGR)."""
+    return cv2.resize(skimage.data.astronaut()[:, :, ::-1], (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+def calibrated_elan_light(img: np.ndarray) -> ELAN:
+    """ELAN-light x4 with random weights and BatchNorm statistics measured on ``img`` (as training leaves them)."""
+    torch.manual_seed(0)
+    net = ELAN(upscale=4)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+    net.train()
+    with torch.no_grad():
+        net(torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1)) / 255.).float()[None])
+    return net.eval()
+
+
+def peak_rss_mib(cmd: List[str], threads: int) -> Tuple[float, float]:
+    """(peak resident memory in MiB, wall seconds) of a command run to completion on ``threads`` threads."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, '-c', _PEAK_WRAPPER, *cmd], capture_output=True, text=True,
+                          env={**os.environ, 'OMP_NUM_THREADS': str(threads)})
+    if proc.returncode != 0:
+        raise SystemExit(f'{" ".join(cmd)} failed:\n{proc.stderr}')
+    return int(proc.stdout.split()[-1]) / 1024, time.perf_counter() - start
+
+
+def upscale_memory(args: argparse.Namespace, work: Path, weights: Path) -> str:
+    """Markdown table: peak memory of ``elan upscale`` by input size and tile."""
+    rows = ['| input | tile | peak resident memory (MiB) | wall time (s) |', '|---|---|---:|---:|']
+    runs = [(64, 0), (500, 0), (1000, 0), (2000, 128), (2000, DEFAULT_TILE)]  # 64x64: the process's own base
+    for size, tile in runs:
+        src = work / f'in_{size}.png'
+        if not src.exists():
+            cv2.imwrite(str(src), photo(size))
+        cmd = ['elan', 'upscale', '-i', str(src), '-o', str(work / f'out_{size}_{tile}.png'), '--weights',
+               str(weights), '--device', args.device, '--quiet', '--force']
+        cmd += ['--half'] if args.half else []
+        cmd += ['--tile', str(tile)] if tile else []
+        peak, seconds = peak_rss_mib(cmd, args.threads)
+        rows.append(f'| {size}x{size} | {tile or "none (whole image)"} | {peak:.0f} | {seconds:.0f} |')
+        print(rows[-1], flush=True)
+    return '\n'.join(rows) + '\n'
+
+
+def tiling_agreement(net: ELAN, size: int = 512) -> str:
+    """Markdown line: PSNR of the tiled (default tile/overlap) against the whole-image output."""
+    img = photo(size)[:, :, ::-1].astype(np.float32) / 255.
+    whole = upscale_array(net, img, 4, net.pad_multiple).astype(np.float64)
+    tiled = upscale_array(net, img, 4, net.pad_multiple, tile=DEFAULT_TILE, overlap=DEFAULT_OVERLAP)
+    psnr = 10 * np.log10(255.**2 / np.mean((whole - tiled)**2))
+    return (f'Tiled (tile {DEFAULT_TILE}, overlap {DEFAULT_OVERLAP}) against whole-image output, ELAN-light x4 on '
+            f'the {size}x{size} astronaut photo (8-bit outputs): {psnr:.1f} dB PSNR.\n')
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--half', action='store_true')
+    parser.add_argument('--threads', type=int, default=2, help='CPU threads (default: 2)')
+    parser.add_argument('--runs', type=int, default=5)
+    parser.add_argument('--output-dir', type=Path, default=Path('docs/bench'))
+    parser.add_argument('--skip-bench', action='store_true', help='leave out step 1')
+    parser.add_argument('--skip-upscale', action='store_true', help='leave out steps 2 and 3')
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    if not args.skip_bench:  # writes bench_<device>[_half]_x4_176x320.md/.png itself
+        bench = ['elan', 'bench', '--scale', '4', '--size', '176x320', '--device', args.device, '--runs',
+                 str(args.runs), '--warmup', '1', '--output-dir', str(args.output_dir), '--force', '--quiet']
+        bench += ['--half'] if args.half else []
+        bench += ['--threads', str(args.threads)] if args.device == 'cpu' else []
+        subprocess.run(bench, check=True)
+    if not args.skip_upscale:
+        tag = f'{torch.device(args.device).type}{"_half" if args.half else ""}'
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            net = calibrated_elan_light(photo(512))
+            torch.save({'params': net.state_dict()}, work / 'elan_light_x4.pth')
+            report = ['`elan upscale` with ELAN-light x4 (random weights, BatchNorm statistics from a photo), '
+                      f'{args.threads} CPU threads, device {args.device}{", half" if args.half else ""}; '
+                      f'command: `python scripts/benchmark.py --device {args.device}'
+                      f'{" --half" if args.half else ""} --threads {args.threads} --skip-bench`\n',
+                      upscale_memory(args, work, work / 'elan_light_x4.pth'), '', tiling_agreement(net)]
+        out = args.output_dir / f'upscale_{tag}.md'
+        out.write_text('\n'.join(report))
+        print(f'wrote {out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
