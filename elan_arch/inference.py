@@ -11,6 +11,7 @@ final integer type and two float strips of one tile's height.
 """
 from __future__ import annotations
 
+import argparse
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -24,6 +25,14 @@ from .errors import ElanError
 DEFAULT_TILE = 256
 #: Overlap (LR pixels) between neighbouring tiles.
 DEFAULT_OVERLAP = 32
+
+
+def add_device_options(parser: argparse.ArgumentParser, default_device: str, compile_help: str) -> None:
+    """Add ``--device``, ``--half`` and ``--compile`` (read back by :func:`select_device`/:func:`prepare_network`)."""
+    default = 'cuda if available' if default_device == 'auto' else default_device
+    parser.add_argument('--device', default=default_device, help=f'cpu, cuda or cuda:N (default: {default})')
+    parser.add_argument('--half', action='store_true', help='float16 (CUDA only)')
+    parser.add_argument('--compile', action='store_true', help=compile_help)
 
 
 def select_device(name: str, half: bool) -> Tuple[torch.device, torch.dtype]:

@@ -51,6 +51,8 @@ class Result:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..inference import add_device_options
+
     parser = subparsers.add_parser(
         'bench', help='speed/size of ELAN vs SwinIR-light and EDSR (markdown table + PNG chart)',
         description='Measure parameters, FLOPs, median latency and peak memory of ELAN-light and ELAN (fast '
@@ -60,9 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--scale', type=int, default=4, help='upscale factor (default: 4)')
     parser.add_argument('--size', default='176x320', help='LR input HxW (default: 176x320, i.e. 704x1280 output at x4)')
     parser.add_argument('--models', nargs='+', choices=list(MODELS), default=list(MODELS), help='models to measure')
-    parser.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default: cpu)')
-    parser.add_argument('--half', action='store_true', help='float16 (CUDA only)')
-    parser.add_argument('--compile', action='store_true', help='torch.compile every model first')
+    add_device_options(parser, 'cpu', 'torch.compile every model first')
     parser.add_argument('--threads', type=int, help='CPU threads (torch.set_num_threads; default: torch\'s)')
     parser.add_argument('--runs', type=int, default=5, help='timed forwards per model (default: 5)')
     parser.add_argument('--warmup', type=int, default=1, help='untimed forwards per model first (default: 1)')

@@ -12,7 +12,7 @@ Job = Tuple[Path, Path]  # (input image, output PNG)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..inference import DEFAULT_OVERLAP, DEFAULT_TILE
+    from ..inference import DEFAULT_OVERLAP, DEFAULT_TILE, add_device_options
 
     parser = subparsers.add_parser(
         'upscale', help='super-resolve images with an ELAN checkpoint',
@@ -30,9 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f'--tile alone: {DEFAULT_TILE}; default: the whole image at once')
     parser.add_argument('--tile-overlap', type=int, default=DEFAULT_OVERLAP, metavar='M',
                         help=f'minimum overlap of neighbouring tiles in input pixels (default: {DEFAULT_OVERLAP})')
-    parser.add_argument('--device', default='auto', help='cpu, cuda or cuda:N (default: cuda if available)')
-    parser.add_argument('--half', action='store_true', help='float16 inference (CUDA only)')
-    parser.add_argument('--compile', action='store_true', help='torch.compile the network (pays off for folders)')
+    add_device_options(parser, 'auto', 'torch.compile the network (slower on CPU in our measurements)')
     parser.add_argument('--force', action='store_true', help='replace output files that already exist')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
     parser.set_defaults(func=run)
