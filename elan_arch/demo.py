@@ -140,6 +140,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ElanError as err:
         print(f'demo: error: {err}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f'demo: interrupted (a stopped training saved its state: basicsr train -opt {TRAIN_OPT} '
+              '--auto_resume continues it)', file=sys.stderr)
+        return 130
     print(f'\nELAN-light x4 after {iters} iterations vs bicubic on the held-out photos '
           f'(Y channel, border 4; {time.perf_counter() - start:.0f} s in all):\n{format_table(results)}')
     gain = sum(r['ELAN'][0] - r['bicubic'][0] for r in results.values()) / len(results)

@@ -59,7 +59,9 @@ def load_plugins() -> List[str]:
     import elan_arch  # noqa: F401  (makes basicsr importable before any plugin imports it)
 
     names = []
-    for entry in entry_points(group=PLUGIN_GROUP):
+    found = entry_points()
+    group = found.select(group=PLUGIN_GROUP) if hasattr(found, 'select') else found.get(PLUGIN_GROUP, [])  # 3.9
+    for entry in group:
         try:
             entry.load()
         except Exception as err:
