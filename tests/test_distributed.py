@@ -95,3 +95,16 @@ def test_slurm_launcher_on_cpu(clean_dist_env, tmp_path):
 def test_slurm_environment_needs_slurm_variables():
     with pytest.raises(ElanError, match='SLURM_PROCID is not set.*srun'):
         train_patches.slurm_environment({})
+
+
+def test_torch_distributed_launch_local_rank_reaches_basicsr(tmp_path, monkeypatch):
+    """``torch.distributed.launch`` passes ``--local-rank=N``, which basicsr's own parser rejects."""
+    from basicsr.utils.options import parse_options
+
+    from elan_arch.cli.basicsr_cmd import build_parser, pipeline_argv
+
+    args = build_parser().parse_args(['train', '-opt', str(TRAIN_OPT), '--local-rank=3', '--auto_resume',
+                                      '--force_yml', 'train:total_iter=7'])
+    monkeypatch.setattr(sys, 'argv', ['basicsr train', *pipeline_argv(args)])
+    opt, parsed = parse_options(str(tmp_path), is_train=True)
+    assert parsed.local_rank == 3 and opt['auto_resume'] and opt['train']['total_iter'] == 7 and not opt['dist']
