@@ -2,6 +2,7 @@
 self-ensemble testing, and optional mixed precision / ``torch.compile`` training."""
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -122,13 +123,10 @@ class ELANModel(SRModel):
         net = self.inference_network()
         was_training = net.training
         net.eval()
-        forward = net
+        forward: Callable[[Tensor], Tensor] = net
         if self.tile is not None:
-            size, overlap = self.tile
-
-            def forward(x: Tensor) -> Tensor:
-                return tiled_upscale(net, x, self.opt['scale'], size, overlap)
-
+            forward = functools.partial(tiled_upscale, net, scale=self.opt['scale'], tile=self.tile[0],
+                                        overlap=self.tile[1])
         try:
             with torch.no_grad():
                 return self_ensemble(forward, lq) if self.ensemble else forward(lq)
