@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import elan_arch  # noqa: F401  (before basicsr)
 from elan_arch import ELAN, ELAN_VARIANTS
 from elan_arch.cli import main
-from elan_arch.inference import DEFAULT_OVERLAP, blend_weights, tile_starts, upscale_array
+from elan_arch.inference import DEFAULT_OVERLAP, DEFAULT_TILE, blend_weights, tile_starts, upscale_array
 from helpers_inference import calibrated, photo, to_tensor
 
 SMALL = dict(c_elan=15, m_elan=4, n_share=1, r_expand=2)
@@ -65,13 +65,15 @@ def test_one_tile_covering_the_image_equals_untiled_exactly():
         assert np.array_equal(upscale_array(net, img, 3, net.pad_multiple, tile=tile, out_dtype=np.float32), whole)
 
 
-def test_default_overlap_tiles_reach_45_db_on_a_real_photo():
-    img = photo(150, 200)
+def test_default_tile_and_overlap_reach_45_db_on_a_real_photo():
+    img = photo(300, 420)  # pads to 304x432: 2x2 tiles of the default 256 with at least 32 overlap
     net = calibrated(ELAN(upscale=2, **ELAN_VARIANTS['ELAN-light']), to_tensor(img))
+    assert len(tile_starts(304, DEFAULT_TILE, DEFAULT_OVERLAP, 16)[0]) == 2
+    assert len(tile_starts(432, DEFAULT_TILE, DEFAULT_OVERLAP, 16)[0]) == 2
     whole = upscale_array(net, img, 2, 16, tile=0).astype(np.float64)
-    tiled = upscale_array(net, img, 2, 16, tile=64, overlap=DEFAULT_OVERLAP).astype(np.float64)
+    tiled = upscale_array(net, img, 2, 16, tile=DEFAULT_TILE, overlap=DEFAULT_OVERLAP).astype(np.float64)
     psnr = 10 * np.log10(255.**2 / np.mean((whole - tiled)**2))
-    print(f'tile 64, overlap {DEFAULT_OVERLAP}: {psnr:.2f} dB against the whole-image output')
+    print(f'tile {DEFAULT_TILE}, overlap {DEFAULT_OVERLAP}: {psnr:.2f} dB against the whole-image output')
     assert 45 < psnr < 100  # not identical: the tiles really were separate
     assert whole.std() > 20  # an image-like output, not a flat one
 
