@@ -165,6 +165,27 @@ def test_mixed_precision_step(tmp_path, amp):
     assert model.grad_scaler.is_enabled() == (amp == 'fp16')
 
 
+def test_fp16_gradient_scaler_state_is_saved_and_resumed(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(make_opt(tmp_path, amp='fp16'))
+    train_steps(model, 2)
+    model.grad_scaler.update(new_scale=1234.5)  # a scale no fresh scaler has
+    model.save_training_state(epoch=0, current_iter=2)
+    states = tmp_path / 'experiments' / 'unit' / 'training_states'
+    assert [p.name for p in states.iterdir()] == ['2.state']  # no temporary file left
+    state = torch.load(states / '2.state', weights_only=False)
+    assert state['iter'] == 2 and len(state['optimizers']) == len(state['schedulers']) == 1
+    resumed = build_model(make_opt(tmp_path, amp='fp16'))
+    assert resumed.grad_scaler.get_scale() != 1234.5
+    resumed.resume_training(state)
+    assert resumed.grad_scaler.get_scale() == 1234.5
+    assert resumed.optimizers[0].state_dict()['state'][0]['step'] == 2
+    plain = build_model(make_opt(tmp_path / 'plain'))
+    plain.save_training_state(epoch=0, current_iter=3)
+    assert 'grad_scaler' not in torch.load(tmp_path / 'plain' / 'experiments' / 'unit' / 'training_states' / '3.state',
+                                           weights_only=False)
+
+
 def test_compiled_training_keeps_state_dict_keys(tmp_path):
     torch.manual_seed(0)
     plain = build_model(make_opt(tmp_path))

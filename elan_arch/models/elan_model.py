@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
@@ -13,6 +14,7 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from ..errors import ElanError
+from ..fileio import atomic_path
 from .test_time import self_ensemble, tiled_upscale
 
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -52,8 +54,8 @@ class ELANModel(SRModel):
       ``val.tile: {size: S, overlap: O}`` (in LR pixels; :func:`elan_arch.inference.upscale_array`,
       output clamped to [0, 1]) for images too large for memory and
       ``val.self_ensemble: true`` for the x8 flip/transpose ensemble.
-    * ``train.amp: bf16 | fp16``: forward pass under autocast (fp16 with a gradient scaler),
-      loss in float32. ``train.compile: true`` (or a mapping of ``torch.compile`` arguments)
+    * ``train.amp: bf16 | fp16``: forward pass under autocast (fp16 with a gradient scaler,
+      whose state the training states carry as ``grad_scaler`` for resuming), loss in float32. ``train.compile: true`` (or a mapping of ``torch.compile`` arguments)
       compiles the training forward pass; validation and saving use the eager network.
 
     Images are (B, 3, H, W) RGB float in [0, 1]; outputs (B, 3, H*scale, W*scale).
@@ -112,6 +114,27 @@ class ELANModel(SRModel):
         self.log_dict = self.reduce_loss_dict(loss_dict)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+
+    def save_training_state(self, epoch: int, current_iter: int) -> None:
+        """BasicSR's ``<iter>.state`` (epoch, iter, optimizers, schedulers) plus ``grad_scaler`` with fp16
+        AMP, written under a hidden temporary name and renamed (``--auto_resume`` never sees half a file).
+        Rank 0 only; ``current_iter == -1`` (basicsr's "latest" at the end) saves nothing, as in BasicSR."""
+        if current_iter == -1 or self.opt.get('rank', 0) != 0:
+            return
+        state: Dict[str, Any] = {'epoch': epoch, 'iter': current_iter,
+                                 'optimizers': [o.state_dict() for o in self.optimizers],
+                                 'schedulers': [s.state_dict() for s in self.schedulers]}
+        if self.grad_scaler.is_enabled():
+            state['grad_scaler'] = self.grad_scaler.state_dict()
+        path = Path(self.opt['path']['training_states']) / f'{current_iter}.state'
+        with atomic_path(path, overwrite=True) as tmp:
+            torch.save(state, tmp)
+
+    def resume_training(self, resume_state: Dict[str, Any]) -> None:
+        """Optimizers and schedulers as BasicSR, and the fp16 gradient scaler when the state has one."""
+        super().resume_training(resume_state)
+        if self.grad_scaler.is_enabled() and 'grad_scaler' in resume_state:
+            self.grad_scaler.load_state_dict(resume_state['grad_scaler'])
 
     def inference_network(self) -> nn.Module:
         """The network validation and testing use: ``net_g_ema`` if EMA is on, else the bare ``net_g``."""
