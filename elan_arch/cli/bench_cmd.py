@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from ..archs.elan_arch import pad_to_multiple
 from ..errors import ElanError
 
 #: ``--models`` keys -> table names; the order is the table's.
@@ -119,9 +120,7 @@ class PadToMultiple(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        pad_h, pad_w = -h % self.multiple, -w % self.multiple
-        x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode='reflect') if pad_h or pad_w else x
-        return self.net(x)[..., :h * self.scale, :w * self.scale]
+        return self.net(pad_to_multiple(x, self.multiple))[..., :h * self.scale, :w * self.scale]
 
 
 def _vm_kib(field: str) -> int:
