@@ -11,15 +11,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Tuple, Union
+from typing import Dict, Iterable, Tuple
 
 import cv2
 import lmdb
 import numpy as np
 
 from ..errors import ElanError
+from ..fileio import PathLike
 
-PathLike = Union[str, os.PathLike]
 Shape = Tuple[int, int, int]
 MAKE_HINT = ('create it with `elan prepare div2k --input datasets/DIV2K` (DIV2K) or `elan prepare demo` '
              '(the bundled demo data)')
