@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .basicsr_cmd import add_pipeline_arguments
+from .basicsr_cmd import add_pipeline_arguments, run_pipeline
 
 _WHAT = {'train': 'train a network', 'test': 'test a network'}
 
@@ -15,14 +15,9 @@ def register_phase(subparsers: argparse._SubParsersAction, phase: str) -> None:
         description=f'Same as `basicsr {phase}`: load the BasicSR plugins, then run basicsr\'s {phase} '
         'pipeline on the option file with the current directory as the root.')
     add_pipeline_arguments(parser)
-    parser.set_defaults(func=run, phase=phase)
+    parser.set_defaults(func=run_pipeline, phase=phase)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     register_phase(subparsers, 'train')
 
-
-def run(args: argparse.Namespace) -> int:
-    from .basicsr_cmd import run_pipeline
-
-    return run_pipeline(args)
