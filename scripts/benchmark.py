@@ -5,6 +5,8 @@
    BasicSR's SwinIR-light and EDSR baseline, x4 on a 176x320 LR input, in one run.
 2. Peak resident memory and time of ``elan upscale`` (ELAN-light x4) on a 2000x2000
    photo with 128 and 256 tiles, against whole-image runs on smaller inputs.
+   On CUDA also the peak GPU memory (``torch.cuda.max_memory_allocated``) of whole and tiled
+   upscaling, in this process.
 3. Agreement of tiled (default tile and overlap) and whole-image outputs on a real photo.
 
 Usage: ``python scripts/benchmark.py [--device cuda] [--half] [--threads 2] [--output-dir docs/bench]``.
@@ -82,6 +84,29 @@ def upscale_memory(args: argparse.Namespace, work: Path, weights: Path) -> str:
     return '\n'.join(rows) + '\n'
 
 
+def upscale_gpu_memory(net: ELAN, device: torch.device, dtype: torch.dtype) -> str:
+    """Markdown table: peak GPU memory and time of whole and tiled upscaling (CUDA only)."""
+    rows = ['| input | tile | peak GPU memory (MiB) | time (s) |', '|---|---|---:|---:|']
+    net = net.to(device, dtype)
+    upscale_array(net, photo(64)[:, :, ::-1].astype(np.float32) / 255., 4, net.pad_multiple)  # warm-up
+    for size, tile in [(500, 0), (1000, 0), (2000, 0), (2000, 128), (2000, DEFAULT_TILE), (4000, DEFAULT_TILE)]:
+        img = photo(size)[:, :, ::-1].astype(np.float32) / 255.
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        try:
+            upscale_array(net, img, 4, net.pad_multiple, tile=tile)
+            torch.cuda.synchronize(device)
+            peak = f'{torch.cuda.max_memory_allocated(device) / 2**20:.0f}'
+        except torch.cuda.OutOfMemoryError:
+            peak = 'out of memory'
+        rows.append(f'| {size}x{size} | {tile or "none (whole image)"} | {peak} | {time.perf_counter() - start:.2f} |')
+        print(rows[-1], flush=True)
+    net.to('cpu', torch.float32)
+    return '\n'.join(rows) + '\n'
+
+
 def tiling_agreement(net: ELAN, size: int = 512) -> str:
     """Markdown line: PSNR of the tiled (default tile/overlap) against the whole-image output."""
     img = photo(size)[:, :, ::-1].astype(np.float32) / 255.
@@ -121,6 +146,10 @@ def main() -> int:
                       f'command: `python scripts/benchmark.py --device {args.device}'
                       f'{" --half" if args.half else ""} --threads {args.threads} --skip-bench`\n',
                       upscale_memory(args, work, work / 'elan_light_x4.pth'), '', tiling_agreement(net)]
+            if torch.device(args.device).type == 'cuda':
+                report += ['', f'Peak GPU memory of the same upscaling in this process ({torch.cuda.get_device_name()}):\n',
+                           upscale_gpu_memory(net, torch.device(args.device),
+                                              torch.float16 if args.half else torch.float32)]
         out = args.output_dir / f'upscale_{tag}.md'
         out.write_text('\n'.join(report))
         print(f'wrote {out}')

@@ -1,0 +1,128 @@
+"""CUDA-only checks (skipped without a GPU, so CI never runs them; run ``pytest tests/test_cuda.py`` on a
+GPU machine): the fast path in float32 and float16, tiling, ``elan upscale --device cuda --half``, and
+training through ``basicsr train`` with fp16/bf16 autocast, resume and torchrun with NCCL."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from elan_arch import ELAN, ELAN_VARIANTS
+from elan_arch.data import prepare_demo
+from elan_arch.inference import upscale_array
+from helpers_inference import calibrated, photo, to_tensor
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_OPT = str(REPO / 'options' / 'train_ELAN_light_x4_demo.yml')
+SMALL = ['datasets:train:gt_size=64', 'datasets:train:batch_size_per_gpu=4', 'datasets:train:num_worker_per_gpu=1',
+         'logger:print_freq=1', 'train:ema_decay=0.9', 'train:scheduler:periods=[100]', 'val:val_freq=4',
+         'logger:save_checkpoint_freq=4']
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR (dB) of two images in [0, 1]."""
+    return float(10 * torch.log10(1 / ((a.double().clamp(0, 1) - b.double().clamp(0, 1))**2).mean()))
+
+
+@pytest.fixture
+def no_tf32():
+    """Full float32 convolutions and matrix products (cuDNN's TF32 default rounds to 10 mantissa bits)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.parametrize('variant,scale,size', [('ELAN-light', 4, (45, 61)), ('ELAN', 2, (37, 50))])
+def test_fast_path_equals_training_path_on_cuda(no_tf32, variant, scale, size):
+    x = to_tensor(photo(*size))
+    net = calibrated(ELAN(upscale=scale, **ELAN_VARIANTS[variant]), x).cuda()
+    with torch.no_grad():
+        fast = net(x.cuda())
+        net.fast_inference = False
+        reference = net(x.cuda())
+    assert fast.shape == reference.shape == (1, 3, size[0] * scale, size[1] * scale)
+    assert (fast.clamp(0, 1) - reference.clamp(0, 1)).abs().max() < 1e-4
+
+
+def test_half_precision_fast_path_is_close_to_float32(no_tf32):
+    x = to_tensor(photo(96, 128))
+    net = calibrated(ELAN(upscale=4), x).cuda()
+    with torch.no_grad():
+        full = net(x.cuda())
+        half = net.half()(x.cuda().half()).float()
+    assert torch.isfinite(half).all()
+    assert psnr(half, full) > 45, f'half vs float32: {psnr(half, full):.1f} dB'
+
+
+def test_tiled_equals_whole_image_on_cuda_when_one_tile_covers_it():
+    img = photo(40, 56)
+    net = calibrated(ELAN(upscale=2), to_tensor(img)).cuda()
+    whole = upscale_array(net, img, 2, net.pad_multiple)
+    tiled = upscale_array(net, img, 2, net.pad_multiple, tile=64, overlap=8)
+    assert np.array_equal(whole, tiled)
+
+
+def test_upscale_command_on_cuda_in_half_matches_cpu(tmp_path):
+    img = photo(64, 80)
+    net = calibrated(ELAN(upscale=4), to_tensor(img))
+    torch.save({'params': net.state_dict()}, tmp_path / 'w.pth')
+    cv2.imwrite(str(tmp_path / 'in.png'), (img[:, :, ::-1] * 255).round().astype(np.uint8))
+    outputs = {}
+    for device in (['cpu'], ['cuda', '--half']):
+        out = tmp_path / f'out_{device[0]}.png'
+        subprocess.run([sys.executable, '-m', 'elan_arch', 'upscale', '-i', str(tmp_path / 'in.png'), '-o', str(out),
+                        '--weights', str(tmp_path / 'w.pth'), '--device', *device, '--quiet'], check=True)
+        outputs[device[0]] = torch.from_numpy(cv2.imread(str(out)).astype(np.float64) / 255)
+    assert outputs['cpu'].shape == (256, 320, 3)
+    assert psnr(outputs['cuda'], outputs['cpu']) > 40, f'{psnr(outputs["cuda"], outputs["cpu"]):.1f} dB'
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp('root')
+    prepare_demo(root / 'datasets' / 'demo', scales=(4, ), workers=2, progress=False)
+    return root
+
+
+def run(argv, cwd: Path) -> str:
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    result = subprocess.run([sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+@pytest.mark.parametrize('amp', ['fp16', 'bf16'])
+def test_train_on_cuda_with_autocast_then_resume(workdir, amp):
+    name = f'cuda_{amp}'
+    common = ['-m', 'elan_arch.cli.basicsr_cmd', 'train', '-opt', TRAIN_OPT, '--force_yml', *SMALL, f'name={name}',
+              f'train:amp={amp}']
+    first = run([*common, 'train:total_iter=4'], workdir)
+    assert re.search(r'iter:\s+4,', first) and re.search(r'# psnr: \d+\.\d+', first)
+    models = workdir / 'experiments' / name / 'models'
+    state = torch.load(models / 'net_g_4.pth', map_location='cpu')
+    assert all(torch.isfinite(v).all() for v in state['params'].values())
+    second = run([*common, '--auto_resume', 'train:total_iter=8'], workdir)
+    assert 'Resuming training from epoch: 0, iter: 4' in second and re.search(r'iter:\s+8,', second)
+    resumed = torch.load(workdir / 'experiments' / name / 'training_states' / '8.state', map_location='cpu')
+    assert resumed['iter'] == 8
+    if amp == 'fp16':  # the GradScaler's scale travels with the state
+        assert resumed['grad_scaler']['scale'] > 0
+
+
+def test_torchrun_uses_nccl_on_cuda(workdir):
+    log = run(['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=1', '-m', 'elan_arch.cli.basicsr_cmd',
+               'train', '-opt', TRAIN_OPT, '--launcher', 'pytorch', '--force_yml', *SMALL, 'name=cuda_ddp',
+               'train:total_iter=4'], workdir)
+    # basicsr asks for NCCL; the CPU fallback to gloo (train_patches) must not have happened
+    assert 'gloo backend' not in log and re.search(r'World size \(gpu number\): 1', log)
+    assert re.search(r'iter:\s+4,', log)
+    assert (workdir / 'experiments' / 'cuda_ddp' / 'models' / 'net_g_4.pth').is_file()
