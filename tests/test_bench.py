@@ -54,3 +54,19 @@ def test_bench_refuses_bad_options(tmp_path, capsys, args, message):
     assert main(['bench', '--output-dir', str(tmp_path), *args]) == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_swinir_adapter_runs_basicsr_swinir_in_half_dtype():
+    # BasicSR's SwinIR adds a float32 mask to its attention: with half weights alone the next matmul
+    # fails on mixed dtypes (the failure `elan bench --half` hit on a GPU); bfloat16 shows it on CPU
+    from elan_arch.cli.bench_cmd import build_model
+
+    net = build_model('swinir-light', 4).to(torch.bfloat16)
+    x = torch.rand(1, 3, 12, 20).to(torch.bfloat16)
+    with torch.inference_mode():
+        with pytest.raises(RuntimeError, match='dtype'):
+            net.net(x[..., :8, :16])
+        full = net.float()(x.float())
+        half = net.to(torch.bfloat16)(x)
+    assert half.dtype == torch.bfloat16 and half.shape == (1, 3, 48, 80)
+    assert (half.float() - full).abs().max() < 0.1

@@ -103,14 +103,14 @@ def run(argv, cwd: Path) -> str:
 @pytest.mark.parametrize('amp', ['fp16', 'bf16'])
 def test_train_on_cuda_with_autocast_then_resume(workdir, amp):
     name = f'cuda_{amp}'
-    common = ['-m', 'elan_arch.cli.basicsr_cmd', 'train', '-opt', TRAIN_OPT, '--force_yml', *SMALL, f'name={name}',
-              f'train:amp={amp}']
-    first = run([*common, 'train:total_iter=4'], workdir)
+    command = ['-m', 'elan_arch.cli.basicsr_cmd', 'train', '-opt', TRAIN_OPT]
+    options = ['--force_yml', *SMALL, f'name={name}', f'train:amp={amp}']
+    first = run([*command, *options, 'train:total_iter=4'], workdir)
     assert re.search(r'iter:\s+4,', first) and re.search(r'# psnr: \d+\.\d+', first)
     models = workdir / 'experiments' / name / 'models'
     state = torch.load(models / 'net_g_4.pth', map_location='cpu')
     assert all(torch.isfinite(v).all() for v in state['params'].values())
-    second = run([*common, '--auto_resume', 'train:total_iter=8'], workdir)
+    second = run([*command, '--auto_resume', *options, 'train:total_iter=8'], workdir)
     assert 'Resuming training from epoch: 0, iter: 4' in second and re.search(r'iter:\s+8,', second)
     resumed = torch.load(workdir / 'experiments' / name / 'training_states' / '8.state', map_location='cpu')
     assert resumed['iter'] == 8

@@ -111,6 +111,10 @@ def build_model(key: str, scale: int):
 class PadToMultiple(torch.nn.Module):
     """Reflect-pad the input to a multiple of ``multiple``, run ``net``, crop its output.
 
+    In float16/bfloat16 ``net`` runs under autocast: BasicSR's SwinIR builds its shifted-window
+    attention mask in float32, so with half weights ``attn + mask`` turns float32 and the next
+    matrix product fails on mixed dtypes; autocast runs such products in the half dtype.
+
     Shape: (B, C, H, W) -> (B, C, H*scale, W*scale).
     """
 
@@ -120,7 +124,10 @@ class PadToMultiple(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        return self.net(pad_to_multiple(x, self.multiple))[..., :h * self.scale, :w * self.scale]
+        half = x.dtype in (torch.float16, torch.bfloat16)
+        with torch.autocast(x.device.type, dtype=x.dtype, enabled=half):
+            y = self.net(pad_to_multiple(x, self.multiple))
+        return y[..., :h * self.scale, :w * self.scale].to(x.dtype)
 
 
 def _vm_kib(field: str) -> int:
