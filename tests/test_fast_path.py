@@ -128,3 +128,26 @@ def test_state_dict_and_parameters_unchanged():
     net = ELAN(upscale=4)
     assert 'fast_inference' not in str(list(net.state_dict()))
     assert sum(p.numel() for p in net.parameters()) == 601_488
+
+
+@pytest.mark.parametrize('cv', [20, 40])  # values of a computing and of a sharing GMSA (ELAN-light)
+def test_window_attention_unfused_cuda_form_equals_fused(cv):
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(6, 64, 20, generator=gen, dtype=torch.float64)
+    v = torch.randn(6, 64, cv, generator=gen, dtype=torch.float64)
+    fused = elan_fast.window_attention(q, v, fused=True)
+    unfused = elan_fast.window_attention(q, v, fused=False)
+    expected = torch.softmax(q @ q.transpose(1, 2), dim=-1) @ v  # unscaled, as ELAN's GMSA
+    assert fused.shape == unfused.shape == (6, 64, cv)
+    assert torch.allclose(fused, expected, atol=1e-10) and torch.allclose(unfused, expected, atol=1e-10)
+
+
+def test_window_attention_unfused_float16_logits_do_not_overflow():
+    # 20 channels of magnitude 100: logits of 2e5, beyond float16's 65504
+    gen = torch.Generator().manual_seed(4)
+    q = 100 + torch.rand(2, 16, 20, generator=gen, dtype=torch.float64)
+    v = torch.rand(2, 16, 20, generator=gen, dtype=torch.float64)
+    expected = torch.softmax(q @ q.transpose(1, 2), dim=-1) @ v
+    got = elan_fast.window_attention(q.half(), v.half(), fused=False)
+    assert got.dtype == torch.float16 and torch.isfinite(got).all()
+    assert (got.double() - expected).abs().max() < 2e-2
