@@ -151,3 +151,13 @@ def test_window_attention_unfused_float16_logits_do_not_overflow():
     got = elan_fast.window_attention(q.half(), v.half(), fused=False)
     assert got.dtype == torch.float16 and torch.isfinite(got).all()
     assert (got.double() - expected).abs().max() < 2e-2
+
+
+def test_fast_path_with_the_cuda_attention_form_equals_training_path(monkeypatch):
+    # the unfused (bmm) attention that CUDA tensors take, exercised through the whole network on CPU
+    unfused = elan_fast.window_attention
+    monkeypatch.setattr(elan_fast, 'window_attention', lambda q, v, fused: unfused(q, v, fused=False))
+    x = to_tensor(photo(21, 19))
+    net = calibrated(ELAN(upscale=4, **ELAN_VARIANTS['ELAN-light']), x)
+    fast, reference = both_paths(net, x)
+    assert (fast.clamp(0, 1) - reference.clamp(0, 1)).abs().max() < 1e-4
