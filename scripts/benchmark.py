@@ -43,6 +43,11 @@ def photo(size: int) -> np.ndarray:
     return cv2.resize(skimage.data.astronaut()[:, :, ::-1], (size, size), interpolation=cv2.INTER_CUBIC)
 
 
+def photo_rgb(size: int) -> np.ndarray:
+    """:func:`photo` as ``upscale_array`` takes it: (size, size, 3) float32 RGB in [0, 1]."""
+    return photo(size)[:, :, ::-1].astype(np.float32) / 255.
+
+
 def calibrated_elan_light(img: np.ndarray) -> ELAN:
     """ELAN-light x4 with random weights and BatchNorm statistics measured on ``img`` (as training leaves them)."""
     torch.manual_seed(0)
@@ -88,9 +93,9 @@ def upscale_gpu_memory(net: ELAN, device: torch.device, dtype: torch.dtype) -> s
     """Markdown table: peak GPU memory and time of whole and tiled upscaling (CUDA only)."""
     rows = ['| input | tile | peak GPU memory (MiB) | time (s) |', '|---|---|---:|---:|']
     net = net.to(device, dtype)
-    upscale_array(net, photo(64)[:, :, ::-1].astype(np.float32) / 255., 4, net.pad_multiple)  # warm-up
+    upscale_array(net, photo_rgb(64), 4, net.pad_multiple)  # warm-up
     for size, tile in [(500, 0), (1000, 0), (2000, 0), (2000, 128), (2000, DEFAULT_TILE), (4000, DEFAULT_TILE)]:
-        img = photo(size)[:, :, ::-1].astype(np.float32) / 255.
+        img = photo_rgb(size)
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -109,7 +114,7 @@ def upscale_gpu_memory(net: ELAN, device: torch.device, dtype: torch.dtype) -> s
 
 def tiling_agreement(net: ELAN, size: int = 512) -> str:
     """Markdown line: PSNR of the tiled (default tile/overlap) against the whole-image output."""
-    img = photo(size)[:, :, ::-1].astype(np.float32) / 255.
+    img = photo_rgb(size)
     whole = upscale_array(net, img, 4, net.pad_multiple).astype(np.float64)
     tiled = upscale_array(net, img, 4, net.pad_multiple, tile=DEFAULT_TILE, overlap=DEFAULT_OVERLAP)
     psnr = 10 * np.log10(255.**2 / np.mean((whole - tiled)**2))
