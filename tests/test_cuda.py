@@ -15,13 +15,11 @@ import pytest
 import torch
 
 from elan_arch import ELAN, ELAN_VARIANTS
-from elan_arch.data import prepare_demo
 from elan_arch.inference import upscale_array
 from helpers_inference import calibrated, photo, to_tensor
+from helpers_train import TRAIN_OPT, demo_root, ok, run_python
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
-REPO = Path(__file__).resolve().parents[1]
-TRAIN_OPT = str(REPO / 'options' / 'train_ELAN_light_x4_demo.yml')
 SMALL = ['datasets:train:gt_size=64', 'datasets:train:batch_size_per_gpu=4', 'datasets:train:num_worker_per_gpu=1',
          'logger:print_freq=1', 'train:ema_decay=0.9', 'train:scheduler:periods=[100]', 'val:val_freq=4',
          'logger:save_checkpoint_freq=4']
@@ -88,16 +86,12 @@ def test_upscale_command_on_cuda_in_half_matches_cpu(tmp_path):
 
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp('root')
-    prepare_demo(root / 'datasets' / 'demo', scales=(4, ), workers=2, progress=False)
-    return root
+    return demo_root(tmp_path_factory.mktemp('root'))
 
 
 def run(argv, cwd: Path) -> str:
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    result = subprocess.run([sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
+    """Output of ``python ARGV`` in ``cwd``, which must succeed."""
+    return ok(run_python(argv, cwd, dict(os.environ, PYTHONUNBUFFERED='1')))
 
 
 @pytest.mark.parametrize('amp', ['fp16', 'bf16'])

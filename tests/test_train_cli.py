@@ -16,12 +16,9 @@ import pytest
 import torch
 
 from elan_arch.cli import basicsr_cmd
-from elan_arch.data import prepare_demo
 from elan_arch.demo import compare_with_bicubic
+from helpers_train import TEST_OPT, TRAIN_OPT, demo_root, ok, run_python
 
-REPO = Path(__file__).resolve().parents[1]
-TRAIN_OPT = str(REPO / 'options' / 'train_ELAN_light_x4_demo.yml')
-TEST_OPT = str(REPO / 'options' / 'test_ELAN_light_x4_demo.yml')
 # The real ELAN-light of the demo option, on small batches so that a few iterations take seconds.
 SMALL = ['datasets:train:gt_size=64', 'datasets:train:batch_size_per_gpu=2', 'datasets:train:num_worker_per_gpu=1',
          'logger:print_freq=1', 'train:ema_decay=0.9', 'train:scheduler:periods=[100]']
@@ -32,13 +29,7 @@ EXP = Path('experiments', 'ELAN_light_x4_demo')
 def basicsr(args: List[str], cwd: Path, command: str = 'basicsr') -> subprocess.CompletedProcess:
     """Run ``basicsr``/``elan`` as a user would (module form: the same ``main`` the console script calls)."""
     module = 'elan_arch.cli.basicsr_cmd' if command == 'basicsr' else 'elan_arch'
-    return subprocess.run([sys.executable, '-m', module, *args], cwd=cwd, env=ENV, capture_output=True, text=True,
-                          timeout=600)
-
-
-def ok(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
+    return run_python(['-m', module, *args], cwd, ENV)
 
 
 def bn_keys(state: dict) -> List[str]:
@@ -47,9 +38,7 @@ def bn_keys(state: dict) -> List[str]:
 
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp('root')
-    prepare_demo(root / 'datasets' / 'demo', scales=(4, ), workers=1, progress=False)
-    return root
+    return demo_root(tmp_path_factory.mktemp('root'))
 
 
 @pytest.fixture(scope='module')
@@ -182,8 +171,7 @@ def test_basicsr_option_file_trains_identically_with_the_plugin(workdir, tmp_pat
     with_plugin, plain = tmp_path / 'with_plugin', tmp_path / 'plain'
     with_plugin.mkdir(), plain.mkdir()
     ok(basicsr(['train', '-opt', str(option)], with_plugin))
-    ok(subprocess.run([sys.executable, '-c', PLAIN_BASICSR, str(option)], cwd=plain, env=ENV, capture_output=True,
-                      text=True, timeout=600))
+    ok(run_python(['-c', PLAIN_BASICSR, str(option)], plain, ENV))
     a, b = (torch.load(root / 'experiments' / 'edsr_plain' / 'models' / 'net_g_latest.pth')
             for root in (with_plugin, plain))
     assert set(a) == set(b) == {'params', 'params_ema'}
