@@ -232,6 +232,10 @@ class ELAN(nn.Module):
         r_expand: Channel expansion inside LFE.
         window_sizes: Attention window size of each channel group.
         img_range: The reference's pixel range; inputs in [0, 1] are scaled by it.
+        rgb_mean: Per-channel mean on [0, 1] that the fixed ``sub_mean``/``add_mean`` shifts
+            subtract and add back (the reference's DIV2K mean by default). ``None`` drops both
+            modules (no ``sub_mean``/``add_mean`` keys): traiNNer-redux's ELAN default
+            (``norm: false``), which also uses ``img_range: 1``.
 
     Attribute ``fast_inference`` (default True): in eval mode with autograd off
     (``torch.no_grad``/``inference_mode``, as in BasicSR validation and testing), run
@@ -249,7 +253,8 @@ class ELAN(nn.Module):
                  n_share: int = 1,
                  r_expand: int = 2,
                  window_sizes: Sequence[int] = (4, 8, 16),
-                 img_range: float = 255.) -> None:
+                 img_range: float = 255.,
+                 rgb_mean: Optional[Sequence[float]] = DIV2K_RGB_MEAN) -> None:
         super().__init__()
         window_sizes = [int(ws) for ws in window_sizes]
         if upscale < 1:
@@ -267,9 +272,16 @@ class ELAN(nn.Module):
         self.pad_multiple = reduce(math.lcm, window_sizes)
         self.fast_inference = True
 
-        mean = DIV2K_RGB_MEAN if colors == 3 else (sum(DIV2K_RGB_MEAN) / 3, ) * colors
-        self.sub_mean = MeanShift(self.img_range, mean, sign=-1)
-        self.add_mean = MeanShift(self.img_range, mean, sign=1)
+        self.sub_mean: nn.Module = nn.Identity()
+        self.add_mean: nn.Module = nn.Identity()
+        if rgb_mean is not None:
+            mean = [float(m) for m in rgb_mean]
+            if len(mean) == 3 and colors != 3:  # the DIV2K default for grey or other channel counts
+                mean = [sum(mean) / 3] * colors
+            if len(mean) != colors:
+                raise ValueError(f'ELAN: rgb_mean has {len(mean)} values for colors={colors}')
+            self.sub_mean = MeanShift(self.img_range, mean, sign=-1)
+            self.add_mean = MeanShift(self.img_range, mean, sign=1)
         self.head = nn.Sequential(nn.Conv2d(colors, c_elan, kernel_size=3, padding=1))
         self.body = nn.Sequential(*[
             ELAB(c_elan, r_expand, shift=(i % 2 == 1), window_sizes=window_sizes, n_share=n_share)
