@@ -1,12 +1,14 @@
 """Stop a BasicSR training run on SIGINT/SIGTERM with a resumable state saved.
 
 basicsr 1.4.2 dies on Ctrl-C or a scheduler's SIGTERM, losing everything since the last
-``save_checkpoint_freq``. Inside :func:`stop_on_signals` the first SIGINT/SIGTERM only sets a
-flag; after the iteration under way, the model saves ``net_*_<iter>.pth`` and ``<iter>.state``
-(as at a checkpoint) and :class:`TrainingInterrupted` ends the run, which ``basicsr train
---auto_resume`` continues. A second SIGINT stops at once (``KeyboardInterrupt``). Under
-``dist`` all ranks agree on the flag every iteration (one all-reduce of one number) so they
-stop at the same iteration.
+``save_checkpoint_freq``. Inside :func:`stop_on_signals`, once the training loop runs (the
+handlers are installed at the first iteration: a process still starting up, e.g. waiting for a
+peer, stops at once as usual), the first SIGINT/SIGTERM only sets a flag; after the iteration
+under way, the model saves ``net_*_<iter>.pth`` and ``<iter>.state`` (as at a checkpoint) and
+:class:`TrainingInterrupted` ends the run, which ``basicsr train --auto_resume`` continues. A
+second SIGINT stops at once (``KeyboardInterrupt``). Under ``dist`` all ranks agree on the flag
+every iteration (one all-reduce of one number), so they stop at the same iteration, and wait
+for rank 0 to finish saving before they exit.
 
 The hooks wrap two functions of ``basicsr.train`` (see :mod:`elan_arch.train_patches`):
 ``create_train_val_dataloader`` (to know the epoch, which the resume state records) and
@@ -25,7 +27,7 @@ from typing import Any, Callable, Dict, Iterator, Optional
 import torch
 import torch.distributed as dist
 
-_RUN: Dict[str, Any] = {'stop': None, 'sampler': None}
+_RUN: Dict[str, Any] = {'stop': None, 'sampler': None, 'started': False}
 
 
 class TrainingInterrupted(Exception):
@@ -38,10 +40,16 @@ class TrainingInterrupted(Exception):
 
 
 class StopFlag:
-    """Set by the first SIGINT/SIGTERM; a second SIGINT raises ``KeyboardInterrupt``."""
+    """Set by the first SIGINT/SIGTERM once :meth:`arm` installed it; a second SIGINT raises ``KeyboardInterrupt``."""
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None
+        self.previous: Dict[int, Any] = {}
+
+    def arm(self) -> None:
+        """Install the handlers (idempotent); :func:`stop_on_signals` restores the previous ones."""
+        if not self.previous:
+            self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None and signum == signal.SIGINT:
@@ -61,10 +69,9 @@ class StopFlag:
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[StopFlag]:
-    """Install the SIGINT/SIGTERM handlers for the duration of a training run; restore them after."""
+    """Handle SIGINT/SIGTERM from the first iteration of the training run inside; restore the handlers after."""
     flag = StopFlag()
-    previous = {sig: signal.signal(sig, flag.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-    _RUN.update(stop=flag, sampler=None)
+    _RUN.update(stop=flag, sampler=None, started=False)
     try:
         yield flag
     except BaseException:
@@ -72,8 +79,13 @@ def stop_on_signals() -> Iterator[StopFlag]:
         raise
     finally:
         _RUN.update(stop=None, sampler=None)
-        for sig, handler in previous.items():
+        for sig, handler in flag.previous.items():
             signal.signal(sig, handler)
+
+
+def training_started() -> bool:
+    """Whether the last training run under :func:`stop_on_signals` reached its first iteration."""
+    return bool(_RUN['started'])
 
 
 def _stop_data_workers() -> None:
@@ -140,6 +152,9 @@ def _checked(model: Any, optimize: Callable, flag: StopFlag) -> Callable:
 
     @functools.wraps(optimize)
     def optimize_parameters(current_iter: int, *args: Any, **kwargs: Any) -> Any:
+        if not _RUN['started']:
+            _RUN['started'] = True
+            flag.arm()
         result = optimize(current_iter, *args, **kwargs)
         signum = flag.agreed(model.device)
         if signum is not None:
@@ -147,6 +162,8 @@ def _checked(model: Any, optimize: Callable, flag: StopFlag) -> Callable:
             from basicsr.utils import get_root_logger
 
             model.save(sampler.epoch if sampler is not None else 0, current_iter)
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()  # no rank exits (and makes torchrun stop the others) before rank 0 has saved
             stop = TrainingInterrupted(signum, current_iter,
                                        osp.join(model.opt['path']['training_states'], f'{current_iter}.state'))
             get_root_logger().warning(f'Training {stop}')

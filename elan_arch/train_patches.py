@@ -8,17 +8,28 @@ behaviour wherever basicsr works and only changes the case it gets wrong
 - ``utils.dist_util._init_dist_pytorch``: basicsr calls
   ``torch.cuda.set_device(rank % device_count())`` (ZeroDivisionError without a GPU;
   the global rank ignores torchrun's ``LOCAL_RANK``). Replaced by :func:`init_dist_pytorch`:
-  ``LOCAL_RANK`` with CUDA, the gloo backend on CPU without it.
-- ``utils.dist_util._init_dist_slurm``: the same ``set_device`` trap. Replaced by
-  :func:`init_dist_slurm`: basicsr's environment (:func:`slurm_environment`), then as above.
+  ``LOCAL_RANK`` with CUDA, the gloo backend on CPU without it, and the process group built by
+  :func:`elastic.init_process_group` (immune to torchrun's stale store on restarts, bounded start-up).
+- ``utils.dist_util._init_dist_slurm``: the same ``set_device`` trap, and ``MASTER_PORT``
+  defaulting to 29500 for every job. Replaced by :func:`init_dist_slurm`: basicsr's environment
+  with a port derived from the job id (:func:`slurm_environment`), then as above.
 - ``models.base_model.BaseModel.model_to_device``: DDP always gets
   ``device_ids=[cuda.current_device()]``, which fails on CPU. CPU DDP gets no ``device_ids``.
 - ``models.base_model.BaseModel.save_network`` / ``save_training_state``: written in place,
   so an interrupted write leaves a truncated ``.pth``/``.state`` that ``--auto_resume`` then
   picks. Now written in a hidden temporary folder and renamed into place.
-- ``train.load_resume_state``: maps the state to ``cuda.current_device()``, which fails without
-  CUDA. Replaced by :func:`load_resume_state`: the current CUDA device or the CPU, and a clear
-  error when the state or its networks are missing.
+- ``train.load_resume_state`` (the last call before basicsr makes the run's folders): maps the
+  state to ``cuda.current_device()`` (fails without CUDA) and dies on a damaged state. Replaced by
+  :func:`load_resume_state`: the checks of :mod:`elan_arch.startup`, then :mod:`elan_arch.resume`
+  (newest intact checkpoint, damaged ones moved aside, implied on torchrun restarts).
+- ``utils.misc.mkdir_and_rename`` (also ``train.mkdir_and_rename``): replaced by
+  :func:`elan_arch.startup.make_run_folder` (undone when the start fails; reused on restarts).
+- ``models.base_model.BaseModel.resume_training``: the saved scheduler overrode the schedule of the
+  options; wrapped by :func:`elan_arch.resume.schedule_from_options`.
+- ``train.EnlargedSampler`` and ``train.build_dataloader`` / ``train.create_train_val_dataloader``:
+  :class:`elan_arch.data.sampler.ResumableSampler` and :class:`~elan_arch.data.sampler.SeededDataset`
+  for the training set (basicsr's batch order; augmentation seeded per sample; a resumed run
+  continues the interrupted epoch where it stopped).
 - ``train.create_train_val_dataloader``, ``train.build_model``, ``data.worker_init_fn``:
   wrapped, results unchanged, so that SIGINT/SIGTERM save a resumable state
   (:mod:`elan_arch.interrupt`).
@@ -33,8 +44,9 @@ from os import path as osp
 from typing import Any, Callable, Dict, Optional
 
 import torch
-import torch.distributed as dist
 
+from . import elastic, resume, startup
+from .data.sampler import ResumableSampler, SeededDataset, resume_position
 from .errors import ElanError
 
 _ORIGINALS: Dict[str, Callable] = {}
@@ -42,7 +54,7 @@ TORCHRUN_HINT = ('start it with torchrun, e.g. `torchrun --nproc_per_node=2 -m e
                  '-opt FILE --launcher pytorch`')
 
 
-def init_dist_pytorch(backend: str = 'nccl', **kwargs: Any) -> None:
+def init_dist_pytorch(backend: str = 'nccl', **_: Any) -> None:
     """Replacement of ``basicsr.utils.dist_util._init_dist_pytorch`` (see the module docstring).
 
     With CUDA: ``torch.cuda.set_device(LOCAL_RANK)`` (basicsr's ``RANK % device_count()`` where
@@ -58,14 +70,15 @@ def init_dist_pytorch(backend: str = 'nccl', **kwargs: Any) -> None:
     elif backend != 'gloo':
         print(f'No CUDA device: distributed training on CPU with the gloo backend instead of {backend}.', flush=True)
         backend = 'gloo'
-    dist.init_process_group(backend=backend, **kwargs)
+    elastic.init_process_group(backend)
 
 
 def slurm_environment(environ: Dict[str, str], port: Optional[int] = None) -> Dict[str, str]:
     """The torch.distributed variables basicsr's slurm launcher derives from Slurm's.
 
     MASTER_ADDR is the first host of ``SLURM_NODELIST`` (via ``scontrol show hostname``), MASTER_PORT
-    is ``port``, else the existing MASTER_PORT, else 29500; LOCAL_RANK is ``SLURM_LOCALID`` (basicsr:
+    is ``port``, else the existing MASTER_PORT, else :func:`slurm_port` of ``SLURM_JOB_ID`` (basicsr:
+    29500, the same for every job on a node); LOCAL_RANK is ``SLURM_LOCALID`` (basicsr:
     ``SLURM_PROCID % device_count()``, which needs a GPU).
     """
     for var in ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST'):
@@ -79,13 +92,22 @@ def slurm_environment(environ: Dict[str, str], port: Optional[int] = None) -> Di
     local_rank = environ.get('SLURM_LOCALID')
     if local_rank is None:
         local_rank = str(proc_id % max(torch.cuda.device_count(), 1))
+    if port is None and 'MASTER_PORT' not in environ and 'SLURM_JOB_ID' not in environ:
+        raise ElanError('--launcher slurm: neither MASTER_PORT nor SLURM_JOB_ID is set; export MASTER_PORT (a free '
+                        'port on the first node) in the job script')
     return {
         'MASTER_ADDR': host,
-        'MASTER_PORT': str(port) if port is not None else environ.get('MASTER_PORT', '29500'),
+        'MASTER_PORT': str(port) if port is not None else environ.get('MASTER_PORT') or str(slurm_port(environ)),
         'WORLD_SIZE': environ['SLURM_NTASKS'],
         'RANK': str(proc_id),
         'LOCAL_RANK': local_rank,
     }
+
+
+def slurm_port(environ: Dict[str, str]) -> int:
+    """``10000 + SLURM_JOB_ID % 20000``: a port per job (two jobs sharing a node rarely collide), below
+    Linux's ephemeral range (32768-60999) where the kernel picks ports for outgoing connections."""
+    return 10000 + int(environ['SLURM_JOB_ID']) % 20000
 
 
 def init_dist_slurm(backend: str = 'nccl', port: Optional[int] = None) -> None:
@@ -130,41 +152,48 @@ def _saved_atomically(method: Callable, path_key: str) -> Callable:
     return wrapper
 
 
-def _resume_location() -> torch.device:
-    return torch.device('cuda', torch.cuda.current_device()) if torch.cuda.is_available() else torch.device('cpu')
-
-
 def load_resume_state(opt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    """Replacement of ``basicsr.train.load_resume_state`` (same file choice, CPU-safe ``map_location``).
-
-    ``--auto_resume`` takes the highest ``experiments/<name>/training_states/<iter>.state``;
-    otherwise ``path.resume_state``. The networks of that iteration must exist
-    (``models/net_<name>_<iter>.pth``, set by basicsr's ``check_resume``).
-    """
-    from basicsr.utils import check_resume, scandir
-
-    state_path = None
-    if opt['auto_resume']:
-        folder = osp.join('experiments', opt['name'], 'training_states')
-        if osp.isdir(folder):
-            iters = [int(name[:-len('.state')]) for name in scandir(folder, suffix='.state')
-                     if name[:-len('.state')].isdigit()]
-            if iters:
-                state_path = osp.join(folder, f'{max(iters)}.state')
-                opt['path']['resume_state'] = state_path
-    elif opt['path'].get('resume_state'):
-        state_path = opt['path']['resume_state']
-    if state_path is None:
-        return None
-    if not osp.isfile(state_path):
-        raise ElanError(f'path.resume_state: {state_path} does not exist; fix the path or use --auto_resume')
-    state = torch.load(state_path, map_location=_resume_location())
-    check_resume(opt, state['iter'])
-    for key, value in opt['path'].items():
-        if key.startswith('pretrain_network_') and value and not osp.isfile(value):
-            raise ElanError(f'resuming from {state_path} needs {value} ({key}), which does not exist; '
-                            'resume from an iteration whose models were saved')
+    """Replacement of ``basicsr.train.load_resume_state``: :func:`startup.check_options`, the state of
+    :func:`resume.load_resume_state`, then :func:`startup.check_pretrained` (all before any folder exists)."""
+    startup.check_options(opt)
+    state = resume.load_resume_state(opt)
+    verified = resume.checkpoint(opt, state['iter']).networks.values() if state else ()
+    startup.check_pretrained(opt, verified)
     return state
+
+
+def seeded_train_loader(build_dataloader: Callable) -> Callable:
+    """Wrap ``basicsr.data.build_dataloader``: a training set sampled by a :class:`ResumableSampler` is
+    read through :class:`SeededDataset`."""
+
+    @functools.wraps(build_dataloader)
+    def wrapper(dataset: Any, dataset_opt: Dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if isinstance(kwargs.get('sampler'), ResumableSampler):
+            dataset = SeededDataset(dataset)
+        return build_dataloader(dataset, dataset_opt, *args, **kwargs)
+
+    return wrapper
+
+
+def resumable_loaders(create_loaders: Callable) -> Callable:
+    """Wrap ``basicsr.train.create_train_val_dataloader``: seed the sampler with ``manual_seed``, place it
+    where the resumed state stopped, and copy earlier warnings into the (now existing) log."""
+
+    @functools.wraps(create_loaders)
+    def wrapper(opt: Dict[str, Any], logger: Any) -> Any:
+        startup.write_pending_notes()
+        result = create_loaders(opt, logger)
+        loader, sampler = result[0], result[1]
+        if isinstance(sampler, ResumableSampler):
+            at = resume.resumed_at()
+            position = None if at is None else resume_position(*at, len(loader))
+            if at is not None and position is None:
+                startup.note(f'the state of iteration {at[1]} (epoch {at[0]}) does not fit {len(loader)} iterations '
+                             'per epoch (another batch size or world size?): epoch restarts from its first batch')
+            sampler.configure(opt['manual_seed'], loader.batch_size, position)
+        return result
+
+    return wrapper
 
 
 def apply() -> None:
@@ -174,6 +203,7 @@ def apply() -> None:
     import basicsr.data as data
     import basicsr.train as train
     import basicsr.utils.dist_util as dist_util
+    import basicsr.utils.misc as misc
     from basicsr.models.base_model import BaseModel
 
     from . import interrupt
@@ -184,7 +214,12 @@ def apply() -> None:
     BaseModel.model_to_device = model_to_device
     BaseModel.save_network = _saved_atomically(BaseModel.save_network, 'models')
     BaseModel.save_training_state = _saved_atomically(BaseModel.save_training_state, 'training_states')
+    BaseModel.resume_training = resume.schedule_from_options(BaseModel.resume_training)
     train.load_resume_state = load_resume_state
+    misc.mkdir_and_rename = train.mkdir_and_rename = startup.make_run_folder
+    train.EnlargedSampler = ResumableSampler
+    train.build_dataloader = seeded_train_loader(train.build_dataloader)
+    train.create_train_val_dataloader = resumable_loaders(train.create_train_val_dataloader)
     train.create_train_val_dataloader = interrupt.remember_sampler(train.create_train_val_dataloader)
     train.build_model = interrupt.stop_with_state(train.build_model)
     data.worker_init_fn = interrupt.signals_to_main_process(data.worker_init_fn)

@@ -6,8 +6,11 @@ its root (experiments/, results/ and tb_logger/ land there). This command:
 1. imports every module of the ``basicsr.plugins`` entry-point group (this package is one),
    so an option file can name archs, models and datasets of several plugins;
 2. checks the option file (exists, is YAML, names registered types);
-3. applies :mod:`elan_arch.train_patches` (CPU/gloo distributed, CPU resume, atomic
-   checkpoints) and, for training, :mod:`elan_arch.interrupt` (SIGINT/SIGTERM save a state);
+3. applies :mod:`elan_arch.train_patches` (CPU/gloo distributed, elastic restarts, resume past
+   damaged checkpoints, exact resume, atomic checkpoints) and, for training,
+   :mod:`elan_arch.interrupt` (SIGINT/SIGTERM save a state; the command that resumes is printed
+   once, in the form that was running: basicsr, torchrun or srun) and :mod:`elan_arch.startup`
+   (a start that fails leaves no folders behind, and the error goes into the log if one is left);
 4. hands over to ``basicsr.train.train_pipeline`` / ``basicsr.test.test_pipeline`` with the
    current directory as the root, with basicsr's own argument parser seeing the same options.
 
@@ -118,29 +121,48 @@ def check_option_file(path: str, plugins: List[str], overridden: List[str]) -> D
     return opt
 
 
+def user_argv(args: argparse.Namespace) -> List[str]:
+    """This command's options as the user would type them (no ``--local_rank``), for the resume hint."""
+    argv = ['train', '-opt', args.opt] + ['--launcher', args.launcher] * (args.launcher != 'none')
+    argv += ['--debug'] * args.debug + ['--auto_resume'] * args.auto_resume
+    return argv + (['--force_yml', *args.force_yml] if args.force_yml else [])
+
+
+def _train(args: argparse.Namespace) -> int:
+    """basicsr's training pipeline with signals handled and a failed start undone (:mod:`elan_arch.startup`)."""
+    from basicsr.train import train_pipeline
+
+    from .. import elastic, interrupt, startup
+
+    try:
+        with interrupt.stop_on_signals():
+            train_pipeline(os.getcwd())
+    except interrupt.TrainingInterrupted as stop:
+        if elastic.is_main_process():
+            print(f'basicsr train: {stop}; continue with `{elastic.resume_command(user_argv(args), args.launcher)}`',
+                  file=sys.stderr, flush=True)
+        return 128 + stop.signum
+    except BaseException as err:
+        startup.after_failure(err, interrupt.training_started())
+        raise
+    return 0
+
+
 def run_pipeline(args: argparse.Namespace) -> int:
     """Run ``args.phase`` ('train' or 'test') with basicsr's pipeline; return the exit code."""
     plugins = load_plugins()
     check_option_file(args.opt, plugins, [entry.split('=')[0].strip() for entry in args.force_yml or []])
-    from .. import interrupt, train_patches
+    from .. import train_patches
 
     train_patches.apply()
     saved_argv = sys.argv
     sys.argv = [f'basicsr {args.phase}', *pipeline_argv(args)]
     try:
         if args.phase == 'train':
-            from basicsr.train import train_pipeline
+            return _train(args)
+        from basicsr.test import test_pipeline
 
-            with interrupt.stop_on_signals():
-                train_pipeline(os.getcwd())
-        else:
-            from basicsr.test import test_pipeline
-
-            test_pipeline(os.getcwd())
-    except interrupt.TrainingInterrupted as stop:
-        print(f'basicsr train: {stop}; continue with `basicsr train -opt {args.opt} --auto_resume`',
-              file=sys.stderr)
-        return 128 + stop.signum
+        test_pipeline(os.getcwd())
     finally:
         sys.argv = saved_argv
     return 0

@@ -1,0 +1,160 @@
+"""What a training run does before its first iteration: checks, its folders, and undoing them on failure.
+
+basicsr 1.4.2 creates ``experiments/<name>/`` (renaming an existing one to
+``<name>_archived_<time>``) and ``tb_logger/<name>/`` first and only then reads its data, so a run
+that fails on a missing dataroot, an LMDB of another scale or an option value leaves empty folders
+(and an archive per retry) and a log without the error. With :mod:`elan_arch.train_patches`:
+
+* :func:`check_options` runs before any folder is made (``basicsr.train.load_resume_state`` is the
+  last call before them): option values, every dataset's files (LMDB pairs with
+  :func:`elan_arch.data.check.check_lmdb_pair`) and, after the resume state is chosen,
+  :func:`check_pretrained` for the pretrained networks.
+* :func:`make_run_folder` replaces basicsr's ``mkdir_and_rename``: it records what it made and
+  archived, so that :func:`after_failure` can remove the folders of a start that fails before the
+  first iteration and restore the archive; the run is then as if never started. A restarted torchrun
+  group reuses its folders instead of archiving them.
+* :func:`note` reports a warning in one line: on the console at once (rank 0), and in the run's log
+  once the log exists. :func:`after_failure` also writes the error into the log if one is left.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from os import path as osp
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from . import elastic
+from .errors import ElanError
+
+_MADE: List[Tuple[str, Optional[str]]] = []  # (folder made, where the folder it replaced was archived)
+_PENDING: List[str] = []
+LOGGER = 'basicsr'
+
+
+def _logger_ready() -> bool:
+    from basicsr.utils.logger import initialized_logger
+
+    return LOGGER in initialized_logger
+
+
+def _to_log_files(level: int, message: str) -> None:
+    """Write ``message`` to the file handlers of basicsr's logger only (not the console)."""
+    logger = logging.getLogger(LOGGER)
+    record = logger.makeRecord(LOGGER, level, __file__, 0, message, None, None)
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler) and osp.exists(handler.baseFilename):
+            handler.handle(record)
+
+
+def note(message: str) -> None:
+    """A one-line warning: basicsr's logger once it exists; before, stderr (rank 0) now and the log later."""
+    if _logger_ready():
+        logging.getLogger(LOGGER).warning(message)
+        return
+    if elastic.is_main_process():
+        print(f'WARNING: {message}', file=sys.stderr, flush=True)
+    _PENDING.append(message)
+
+
+def write_pending_notes() -> None:
+    """Copy the notes made before basicsr's logger existed into the log file (called once it does)."""
+    while _PENDING:
+        _to_log_files(logging.WARNING, _PENDING.pop(0))
+
+
+def _positive_int(opt: Dict[str, Any], keys: str, minimum: int = 1) -> None:
+    value: Any = opt
+    for key in keys.split(':'):
+        value = value.get(key) if isinstance(value, dict) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != int(value) or value < minimum:
+        raise ElanError(f'option {keys}: {value!r} must be an integer >= {minimum}')
+
+
+def _check_scheduler(train_opt: Dict[str, Any]) -> None:
+    scheduler = train_opt.get('scheduler') or {}
+    periods = scheduler.get('periods')
+    if periods is None:
+        return
+    if not isinstance(periods, list) or not all(isinstance(p, int) and p > 0 for p in periods):
+        raise ElanError(f'option train:scheduler:periods: {periods!r} must be a list of positive integers')
+    weights = scheduler.get('restart_weights', [1])
+    if not isinstance(weights, list) or len(weights) != len(periods):
+        raise ElanError(f'option train:scheduler:restart_weights: {weights!r} needs one entry per period '
+                        f'(periods: {periods})')
+    total = int(train_opt['total_iter'])
+    if sum(periods) < total:
+        raise ElanError(f'option train:scheduler:periods: {periods} end at iteration {sum(periods)}, before '
+                        f'train:total_iter={total}; {scheduler.get("type")} has no learning rate after its last '
+                        f'period: make the periods sum to {total}, e.g. --force_yml train:scheduler:periods=[{total}]')
+
+
+def _check_dataset(phase: str, dataset: Dict[str, Any]) -> None:
+    from .data.paired_image_dataset import check_dataset_options
+
+    if dataset.get('dataroot_gt') and dataset.get('dataroot_lq'):
+        check_dataset_options(dataset)
+        return
+    for key, value in dataset.items():
+        if key.startswith('dataroot') or key.startswith('meta_info'):
+            if value and not osp.exists(value):
+                raise ElanError(f'dataset {dataset.get("name", phase)}: {key} {value} does not exist; fix the path '
+                                'in the option file')
+
+
+def check_options(opt: Dict[str, Any]) -> None:
+    """Raise :class:`ElanError` naming the option if a value or a dataset's files make the run unable to start."""
+    _positive_int(opt, 'train:total_iter')
+    _positive_int(opt, 'logger:print_freq')
+    _positive_int(opt, 'logger:save_checkpoint_freq')
+    if opt.get('val') is not None:
+        _positive_int(opt, 'val:val_freq')
+    _check_scheduler(opt['train'])
+    datasets = opt.get('datasets') or {}
+    if 'train' not in datasets:
+        raise ElanError('option datasets:train is missing; a training run needs a train dataset')
+    _positive_int(opt, 'datasets:train:batch_size_per_gpu')
+    _positive_int(opt, 'datasets:train:num_worker_per_gpu', minimum=0)
+    for phase, dataset in datasets.items():
+        _check_dataset(phase, dataset)
+
+
+def check_pretrained(opt: Dict[str, Any], verified: Iterable[str] = ()) -> None:
+    """Every ``path.pretrain_network_*`` must exist and load (except ``verified`` files)."""
+    from .resume import read
+
+    for key, value in opt['path'].items():
+        if key.startswith('pretrain_network_') and value and value not in verified:
+            why = read(value)[1]
+            if why:
+                raise ElanError(f'path.{key}: {value} {why}; fix the path or set it to ~')
+
+
+def make_run_folder(path: str) -> None:
+    """Replacement of basicsr's ``mkdir_and_rename(path)``: the same archive-and-create, recorded for
+    :func:`after_failure`; in a restarted torchrun group an existing folder is reused."""
+    from basicsr.utils import get_time_str
+
+    if osp.isdir(path) and elastic.group_restarted():
+        return
+    archived = None
+    if osp.exists(path):
+        archived = f'{path}_archived_{get_time_str()}'
+        print(f'Path already exists. Rename it to {archived}', flush=True)
+        os.rename(path, archived)
+    os.makedirs(path, exist_ok=True)
+    _MADE.append((path, archived))
+
+
+def after_failure(error: BaseException, started: bool) -> None:
+    """A run failed with ``error``: before its first iteration, remove the folders it made (restoring the
+    ones it archived); then write the error into the run's log if one is left."""
+    if not started:
+        while _MADE:
+            path, archived = _MADE.pop()
+            shutil.rmtree(path, ignore_errors=True)
+            if archived:
+                os.rename(archived, path)
+    write_pending_notes()
+    _to_log_files(logging.ERROR, f'Training failed: {type(error).__name__}: {error}')
