@@ -1,9 +1,14 @@
-"""torchrun entry of tests/test_distributed.py: ``basicsr train`` (as ``-m elan_arch.cli.basicsr_cmd``) that
+"""torchrun entry of the distributed tests: ``basicsr train`` (as ``-m elan_arch.cli.basicsr_cmd``) that
 also writes this rank's final ``net_g`` state_dict to ``<out>/rank<R>.pth``.
+
+With ``ELAN_TEST_KILL=RANK:ITER`` in the environment, the worker of that rank kills itself with SIGKILL
+after optimising iteration ITER, in the first attempt of the group only (``TORCHELASTIC_RESTART_COUNT``
+0): a worker lost mid-run, at a point the test knows.
 
 Usage: torchrun ... tests/dist_worker.py OUT train -opt FILE --launcher pytorch [...]
 """
 import os
+import signal
 import sys
 
 import torch
@@ -13,13 +18,32 @@ import basicsr.train
 from elan_arch import train_patches
 from elan_arch.cli import basicsr_cmd
 
+
+def _killed_at(model, rank: int, iteration: int):
+    optimize = model.optimize_parameters
+
+    def optimize_parameters(current_iter, *args, **kwargs):
+        result = optimize(current_iter, *args, **kwargs)
+        if current_iter == iteration and int(os.environ['RANK']) == rank:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    model.optimize_parameters = optimize_parameters
+    return model
+
+
 if __name__ == '__main__':
     out, argv = sys.argv[1], sys.argv[2:]
     train_patches.apply()  # idempotent; wrap build_model after the command's own wrappers
     models = []
     build = basicsr.train.build_model
     basicsr.train.build_model = lambda opt: models.append(build(opt)) or models[-1]
+    kill = os.environ.get('ELAN_TEST_KILL')
+    if kill and os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') == '0':
+        rank, iteration = map(int, kill.split(':'))
+        basicsr.train.build_model = lambda opt: _killed_at(models.append(build(opt)) or models[-1], rank, iteration)
     code = basicsr_cmd.main(argv)
-    net = models[0].get_bare_model(models[0].net_g)
-    torch.save(net.state_dict(), os.path.join(out, f'rank{os.environ["RANK"]}.pth'))
+    if models:
+        net = models[0].get_bare_model(models[0].net_g)
+        torch.save(net.state_dict(), os.path.join(out, f'rank{os.environ["RANK"]}.pth'))
     sys.exit(code)
