@@ -27,8 +27,15 @@ setup(
         'tqdm',
         'scikit-image',
         'matplotlib',
+        'safetensors',
     ],
-    extras_require={'test': ['pytest>=7', 'pytest-timeout']},
+    extras_require={
+        # `elan export` and `elan upscale --onnx` (onnxscript: the torch.export-based exporter, --dynamo)
+        'onnx': ['onnx', 'onnxruntime', 'onnxscript'],
+        # `import elan_arch.spandrel_support`: ELAN in spandrel (chaiNNer, ComfyUI)
+        'spandrel': ['spandrel'],
+        'test': ['pytest>=7', 'pytest-timeout', 'onnx', 'onnxruntime', 'onnxscript', 'spandrel'],
+    },
     entry_points={
         'console_scripts': [
             'elan = elan_arch.cli:main',

@@ -1,90 +1,37 @@
-"""Reading ELAN checkpoints in either format, and converting the authors' format to BasicSR's.
+"""ELAN networks from checkpoint files: configuration inferred from the weights, loading, converting.
 
-Formats understood by :func:`read_state_dict`:
+The file formats (BasicSR, the authors', traiNNer-redux's ``.pth``/``.safetensors``, this
+package's safetensors, bare state_dicts) are read by :mod:`elan_arch.checkpoint_formats`.
+The network configuration is inferred from tensor shapes by :func:`infer_config`, then
+completed by what the file records and by explicit overrides (:func:`resolve_config`);
+``window_sizes`` leaves no trace in the weights and defaults to the reference's unless the
+file records it.
 
-* BasicSR: ``{'params': state_dict}`` and/or ``{'params_ema': state_dict}``.
-* The authors' training code: ``{'epoch', 'model_state_dict', 'optimizer_state_dict',
-  'scheduler_state_dict', 'stat_dict'}`` where every key of ``model_state_dict``
-  starts with ``module.`` (the model was wrapped in ``nn.DataParallel``).
-* A bare state_dict.
-
-The network configuration is inferred from tensor shapes by :func:`infer_config`;
-``window_sizes`` leaves no trace in the weights and defaults to the reference's.
+Mean shift and pixel range: a state_dict with ``sub_mean``/``add_mean`` is the authors'
+network (``img_range`` read from the shift, 255 for their weights); one without them is
+traiNNer-redux's default ``norm: false`` ELAN: ``rgb_mean=None, img_range=1``.
+traiNNer-redux's ``norm: true`` weights look like the authors' but expect ``img_range=1``,
+which their files do not record: pass ``img_range=1`` (``--img-range 1``) for them.
 """
 from __future__ import annotations
 
-import os
-import pickle
+import inspect
 import re
-from typing import Any, Dict, List, Mapping, Optional, Tuple
-
-import numpy as np
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
 
 import torch
-from torch import Tensor
 
 from .archs.elan_arch import DIV2K_RGB_MEAN, ELAN
+from .checkpoint_formats import StateDict, read_checkpoint, write_safetensors
 from .errors import ElanError
 from .fileio import atomic_path
 
-StateDict = Dict[str, Tensor]
-PARAM_KEYS = ('params_ema', 'params', 'model_state_dict', 'state_dict')
 _BLOCK_KEY = re.compile(r'^body\.(\d+)\.modules_gmsa\.gmsa_(\d+)\.project_inp\.0\.weight$')
-
-
-def _numpy_safe_globals() -> List[Any]:
-    """NumPy scalars and dtypes: plain data that the authors' ``stat_dict`` holds (e.g. PSNR history)."""
-    core = getattr(np, '_core', None) or np.core
-    return [core.multiarray.scalar, np.dtype] + [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith('DType')]
-
-
-def _torch_load(path: str, unsafe: bool) -> Any:
-    """``torch.load`` on CPU with file-named errors for missing, truncated and non-torch files.
-
-    Without ``unsafe`` only tensors, containers and NumPy scalars are unpickled
-    (``weights_only``), so a checkpoint cannot run code on load.
-    """
-    if not os.path.isfile(path):
-        raise ElanError(f'{path}: no such checkpoint file')
-    try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            return torch.load(path, map_location='cpu', weights_only=not unsafe)
-    except pickle.UnpicklingError as err:
-        if str(err).startswith('Weights only load failed') and 'Unsupported global' in str(err):
-            raise ElanError(f'{path}: the checkpoint stores Python objects beyond tensors and plain containers, '
-                            'which are not loaded by default because unpickling them can run code. If you trust '
-                            'the file, pass --unsafe-load (Python: unsafe=True).') from err
-        raise ElanError(f'{path}: not a readable PyTorch checkpoint ({str(err).splitlines()[0]})') from err
-    except Exception as err:  # torch.load raises RuntimeError, KeyError, EOFError... for damaged files
-        raise ElanError(f'{path}: not a readable PyTorch checkpoint, or truncated '
-                        f'({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ""})') from err
-
-
-def read_state_dict(path: str, param_key: Optional[str] = None, unsafe: bool = False) -> StateDict:
-    """Return the network state_dict stored in ``path``, without ``module.`` prefixes.
-
-    Args:
-        path: Checkpoint file in any format listed in the module docstring.
-        param_key: Entry to take; by default the first present of :data:`PARAM_KEYS`
-            (so ``params_ema`` wins over ``params``, as BasicSR's test option does).
-        unsafe: Allow full unpickling (only for trusted files).
-    """
-    obj = _torch_load(path, unsafe)
-    if not isinstance(obj, Mapping):
-        raise ElanError(f'{path}: expected a dict checkpoint, found {type(obj).__name__}')
-    if param_key is not None:
-        if param_key not in obj:
-            raise ElanError(f'{path}: no entry {param_key!r}; entries are {sorted(map(str, obj))}')
-        obj = obj[param_key]
-    else:
-        for key in PARAM_KEYS:
-            if key in obj and isinstance(obj[key], Mapping):
-                obj = obj[key]
-                break
-    if not obj or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ElanError(f'{path}: no network weights found (expected one of the entries {list(PARAM_KEYS)} '
-                        'or a bare state_dict of tensors)')
-    return {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in obj.items()}
+#: Keyword arguments of :class:`ELAN` that describe the network (what ``network_g`` may set).
+ELAN_KWARGS = tuple(p for p in inspect.signature(ELAN).parameters if p != 'fast_training')
+#: Formats ``convert_checkpoint`` writes.
+OUTPUT_FORMATS = ('pth', 'safetensors')
 
 
 def _shape(sd: StateDict, key: str, ndim: int, path: str) -> Tuple[int, ...]:
@@ -98,6 +45,9 @@ def _shape(sd: StateDict, key: str, ndim: int, path: str) -> Tuple[int, ...]:
 
 def infer_config(sd: StateDict, path: str = 'checkpoint') -> Dict[str, Any]:
     """Infer the ELAN keyword arguments (all but ``window_sizes``) from a state_dict's shapes.
+
+    ``img_range`` comes from the mean shift (``sub_mean.bias = -img_range * mean``); without
+    one, ``rgb_mean`` is None and ``img_range`` 1 (traiNNer-redux's default ELAN).
 
     Raises:
         ElanError: the tensors do not describe an ELAN network.
@@ -116,17 +66,35 @@ def infer_config(sd: StateDict, path: str = 'checkpoint') -> Dict[str, Any]:
     expand = _shape(sd, 'body.0.modules_lfe.lfe_0.conv0.shift_conv.conv1x1.weight', 4, path)[0]
     if expand % c_elan:
         raise ElanError(f'{path}: LFE width {expand} is not a multiple of c_elan={c_elan}')
-    img_range = 255.
-    if 'sub_mean.bias' in sd and colors == 3:
-        img_range = float(round(-sd['sub_mean.bias'][0].item() / DIV2K_RGB_MEAN[0], 3))
-    return dict(upscale=upscale, colors=colors, c_elan=c_elan, m_elan=n_blocks * (1 + n_share),
-                n_share=n_share, r_expand=expand // c_elan, img_range=img_range)
+    config = dict(upscale=upscale, colors=colors, c_elan=c_elan, m_elan=n_blocks * (1 + n_share),
+                  n_share=n_share, r_expand=expand // c_elan)
+    if 'sub_mean.bias' not in sd:  # traiNNer-redux's default: no mean shift, arithmetic on [0, 1]
+        return {**config, 'img_range': 1.0, 'rgb_mean': None}
+    return {**config, 'img_range': float(round(-sd['sub_mean.bias'][0].item() / _default_mean(colors)[0], 3))}
 
 
-def resolve_config(sd: StateDict, path: str = 'checkpoint', **overrides: Any) -> Dict[str, Any]:
-    """ELAN keyword arguments for ``sd``: inferred from its shapes, then ``overrides`` that are not None."""
+def _default_mean(colors: int) -> Tuple[float, ...]:
+    """The mean ``ELAN(rgb_mean=DIV2K_RGB_MEAN)`` uses for ``colors`` channels."""
+    return DIV2K_RGB_MEAN if colors == 3 else (sum(DIV2K_RGB_MEAN) / 3,) * colors
+
+
+def resolve_config(sd: StateDict, path: str = 'checkpoint', recorded: Optional[Dict[str, Any]] = None,
+                   **overrides: Any) -> Dict[str, Any]:
+    """ELAN keyword arguments for ``sd``.
+
+    Inferred from its shapes, then replaced by ``recorded`` (what the file says) and by the
+    ``overrides`` that are not None. When the weights have a mean shift that is not the
+    default one at the resulting ``img_range`` (e.g. traiNNer-redux's ``norm: true`` with
+    ``img_range=1``), ``rgb_mean`` is set to the shift's mean so that ``ELAN(**config)``
+    is the same network even before the weights are loaded.
+    """
     config = {**infer_config(sd, path), 'window_sizes': [4, 8, 16]}
+    config.update({k: v for k, v in (recorded or {}).items() if k in ELAN_KWARGS})
     config.update({k: v for k, v in overrides.items() if v is not None})
+    if 'rgb_mean' not in config and 'sub_mean.bias' in sd:
+        mean = (-sd['sub_mean.bias'].double() / config['img_range']).tolist()
+        if max(abs(a - b) for a, b in zip(mean, _default_mean(len(mean)))) > 1e-6:
+            config['rgb_mean'] = [round(m, 6) for m in mean]
     return config
 
 
@@ -134,7 +102,7 @@ def build_network(sd: StateDict, config: Dict[str, Any], path: str = 'checkpoint
     """Build ``ELAN(**config)`` and load ``sd`` into it strictly; file-named errors on mismatch."""
     try:
         net = ELAN(**config)
-    except ValueError as err:
+    except (TypeError, ValueError) as err:
         raise ElanError(f'{path}: {err}') from err
     missing, unexpected = net.state_dict().keys() - sd.keys(), sd.keys() - net.state_dict().keys()
     if missing or unexpected:
@@ -153,23 +121,40 @@ def load_network_from_checkpoint(path: str, device: str = 'cpu', param_key: Opti
 
     ``overrides`` (ELAN keyword arguments, None = infer) replace inferred values.
     """
-    sd = read_state_dict(path, param_key, unsafe)
-    return build_network(sd, resolve_config(sd, path, **overrides), path).eval().to(device)
+    ck = read_checkpoint(path, param_key, unsafe)
+    return build_network(ck.state_dict, resolve_config(ck.state_dict, path, ck.recorded, **overrides),
+                         path).eval().to(device)
+
+
+def output_format(dst: str, fmt: Optional[str] = None) -> str:
+    """``fmt`` checked, or the format ``dst``'s extension implies (``safetensors`` or ``pth``)."""
+    fmt = fmt or ('safetensors' if Path(dst).suffix.lower() == '.safetensors' else 'pth')
+    if fmt not in OUTPUT_FORMATS:
+        raise ElanError(f'--format {fmt}: choose one of {", ".join(OUTPUT_FORMATS)}')
+    return fmt
 
 
 def convert_checkpoint(src: str, dst: str, overwrite: bool = False, unsafe: bool = False,
-                       **overrides: Any) -> Dict[str, Any]:
-    """Convert ``src`` (authors' or any supported format) to BasicSR's ``{'params': state_dict}``.
+                       fmt: Optional[str] = None, **overrides: Any) -> Dict[str, Any]:
+    """Convert ``src`` (any supported format) to BasicSR's ``{'params': state_dict}`` or to safetensors.
 
     The weights are loaded strictly into the ELAN they describe before anything is
     written, and ``dst`` is written atomically (never replaced unless ``overwrite``).
 
+    Args:
+        fmt: ``'pth'`` (``torch.save``) or ``'safetensors'`` (weights plus the ELAN keyword
+            arguments as ``network_g`` metadata); by default chosen by ``dst``'s extension.
+
     Returns:
         The ELAN keyword arguments, for ``network_g`` in an option file.
     """
-    sd = read_state_dict(src, unsafe=unsafe)
-    config = resolve_config(sd, src, **overrides)
-    net = build_network(sd, config, src)
+    fmt = output_format(dst, fmt)
+    ck = read_checkpoint(src, unsafe=unsafe)
+    config = resolve_config(ck.state_dict, src, ck.recorded, **overrides)
+    net = build_network(ck.state_dict, config, src)
     with atomic_path(dst, overwrite=overwrite, flag='--force') as tmp:
-        torch.save({'params': net.state_dict()}, tmp)
+        if fmt == 'safetensors':
+            write_safetensors(net.state_dict(), tmp, {'type': 'ELAN', **config})
+        else:
+            torch.save({'params': net.state_dict()}, tmp)
     return config

@@ -1,4 +1,4 @@
-"""``elan convert SRC DST``: the authors' ELAN checkpoint -> BasicSR ``{'params': state_dict}``."""
+"""``elan convert SRC DST``: any ELAN checkpoint -> BasicSR ``{'params': state_dict}`` or safetensors."""
 from __future__ import annotations
 
 import argparse
@@ -9,16 +9,22 @@ import yaml
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         'convert',
-        help="convert an authors' ELAN checkpoint to a BasicSR checkpoint",
+        help="convert an authors', traiNNer-redux or other ELAN checkpoint to BasicSR's format or safetensors",
         description="Read an ELAN checkpoint saved by the authors' training code ({'model_state_dict': "
-        "{'module.<key>': ...}, ...}) or any BasicSR/bare state_dict, infer the variant and scale from "
-        "the tensor shapes, check that the weights load strictly, and write {'params': state_dict} for "
-        "BasicSR's path.pretrain_network_g (with strict_load_g: true).")
-    parser.add_argument('src', help='checkpoint to read')
-    parser.add_argument('dst', help='BasicSR checkpoint to write (.pth)')
+        "{'module.<key>': ...}, ...}), by traiNNer-redux (.safetensors or .pth; its default norm: false "
+        "network has no mean shift and becomes rgb_mean: ~, img_range: 1), by this package (.safetensors), or "
+        "any BasicSR/bare state_dict; infer the variant and scale from the tensor shapes, check that the "
+        "weights load strictly, and write {'params': state_dict} for BasicSR's path.pretrain_network_g (with "
+        "strict_load_g: true), or a .safetensors file with the network_g settings as metadata.")
+    parser.add_argument('src', help='checkpoint to read (.pth/.pt/.safetensors)')
+    parser.add_argument('dst', help='checkpoint to write (.pth, or .safetensors)')
+    parser.add_argument('--format', choices=['pth', 'safetensors'], dest='fmt',
+                        help='output format (default: safetensors for a .safetensors DST, else pth)')
     parser.add_argument('--scale', type=int, dest='upscale', help='override the inferred upscale factor')
     parser.add_argument('--window-sizes', type=int, nargs='+', help='attention window sizes (default: 4 8 16)')
-    parser.add_argument('--img-range', type=float, help='override the inferred pixel range (reference: 255)')
+    parser.add_argument('--img-range', type=float,
+                        help='override the inferred pixel range (reference: 255; 1 for traiNNer-redux\'s norm: true '
+                        'weights, which their files do not record)')
     parser.add_argument('--force', action='store_true', help='replace DST if it exists')
     parser.add_argument('--unsafe-load', action='store_true',
                         help='unpickle arbitrary Python objects in SRC (only for files you trust)')
@@ -26,12 +32,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import convert_checkpoint
+    from ..checkpoint import convert_checkpoint, output_format
 
-    config = convert_checkpoint(args.src, args.dst, overwrite=args.force, unsafe=args.unsafe_load,
+    fmt = output_format(args.dst, args.fmt)
+    config = convert_checkpoint(args.src, args.dst, overwrite=args.force, unsafe=args.unsafe_load, fmt=fmt,
                                 upscale=args.upscale, window_sizes=args.window_sizes, img_range=args.img_range)
-    print(f'wrote {args.dst}; use it in an option file with:')
-    snippet = {'network_g': {'type': 'ELAN', **config},
-               'path': {'pretrain_network_g': args.dst, 'strict_load_g': True, 'param_key_g': 'params'}}
+    snippet = {'network_g': {'type': 'ELAN', **config}}
+    if fmt == 'safetensors':  # BasicSR's pretrain_network_g reads torch.save files only
+        print(f'wrote {args.dst} (safetensors; these network_g settings are in its metadata):')
+    else:
+        print(f'wrote {args.dst}; use it in an option file with:')
+        snippet['path'] = {'pretrain_network_g': args.dst, 'strict_load_g': True, 'param_key_g': 'params'}
     print(yaml.safe_dump(snippet, sort_keys=False, default_flow_style=None).rstrip())
     return 0
