@@ -90,23 +90,33 @@ def _fresh_store(board: dist.Store, rank: int, world_size: int, deadline: float)
         time.sleep(0.2)  # a post of a previous attempt: its store is gone; wait for this attempt's
 
 
-def init_process_group(backend: str) -> None:
-    """``torch.distributed.init_process_group(backend)`` from torchrun's/Slurm's environment, in a store
-    of this attempt only, with start-up bounded by :func:`start_timeout` (see the module docstring)."""
-    rank, world_size = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
-    deadline = time.monotonic() + start_timeout()
-    board, _, _ = next(dist.rendezvous('env://', rank, world_size,
-                                       timeout=_remaining(deadline, 'the launcher store did not answer')))
-    store = board
-    if os.environ.get('TORCHELASTIC_USE_AGENT_STORE') == str(True):
-        store = _fresh_store(board, rank, world_size, deadline)
+def _meet(store: dist.Store, world_size: int, deadline: float) -> bool:
+    """Wait until all ranks have arrived in ``store``; whether any of them is a torchrun restart."""
     start = dist.PrefixStore('elan_arch/start', store)
     start.add('restarts', int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')))
     start.add('arrived', 1)
     while (arrived := start.add('arrived', 0)) < world_size:
         _remaining(deadline, f'only {arrived} of {world_size} processes arrived')
         time.sleep(0.05)
-    _GROUP['restarted'] = start.add('restarts', 0) > 0
+    return start.add('restarts', 0) > 0
+
+
+def init_process_group(backend: str) -> None:
+    """``torch.distributed.init_process_group(backend)`` from torchrun's/Slurm's environment, in a store
+    of this attempt only, with start-up bounded by :func:`start_timeout` (see the module docstring)."""
+    rank, world_size = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
+    deadline = time.monotonic() + start_timeout()
+    try:
+        store, _, _ = next(dist.rendezvous('env://', rank, world_size,
+                                           timeout=_remaining(deadline, 'the launcher store did not answer')))
+        if os.environ.get('TORCHELASTIC_USE_AGENT_STORE') == str(True):
+            store = _fresh_store(store, rank, world_size, deadline)
+        _GROUP['restarted'] = _meet(store, world_size, deadline)
+    except dist.DistError as err:  # a store that did not answer in time
+        raise ElanError(f'distributed start-up of rank {rank} of {world_size} failed within {start_timeout():.0f} s '
+                        f'({START_TIMEOUT_VAR}): {str(err).splitlines()[0]}; a peer process died or is stuck (its '
+                        f'log says why), or MASTER_ADDR:MASTER_PORT ({os.environ["MASTER_ADDR"]}:'
+                        f'{os.environ["MASTER_PORT"]}) is not reachable') from err
     dist.init_process_group(backend, store=dist.PrefixStore('elan_arch/pg', store), rank=rank,
                             world_size=world_size)
 

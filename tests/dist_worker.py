@@ -24,7 +24,7 @@ def _killed_at(model, rank: int, iteration: int):
 
     def optimize_parameters(current_iter, *args, **kwargs):
         result = optimize(current_iter, *args, **kwargs)
-        if current_iter == iteration and int(os.environ['RANK']) == rank:
+        if current_iter == iteration and int(os.environ.get('RANK', '0')) == rank:
             os.kill(os.getpid(), signal.SIGKILL)
         return result
 
@@ -45,5 +45,5 @@ if __name__ == '__main__':
     code = basicsr_cmd.main(argv)
     if models:
         net = models[0].get_bare_model(models[0].net_g)
-        torch.save(net.state_dict(), os.path.join(out, f'rank{os.environ["RANK"]}.pth'))
+        torch.save(net.state_dict(), os.path.join(out, f"rank{os.environ.get('RANK', '0')}.pth"))
     sys.exit(code)

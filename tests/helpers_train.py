@@ -1,10 +1,13 @@
 """Helpers of the end-to-end training tests: the demo LMDB in a fresh root, and subprocess runs as a user's."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
+
+import torch
 
 from elan_arch.data import prepare_demo
 
@@ -28,3 +31,25 @@ def ok(result: subprocess.CompletedProcess) -> str:
     """The output of a run that must have succeeded (its tail is the assertion message otherwise)."""
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
+
+# A tiny ELAN (one block pair, 75K parameters) on 32-pixel HR patches: with batches of 24 an epoch of the
+# demo's 236 training sub-images is 9 iterations (per rank at 12 with two ranks), about 0.2 s each on a
+# 2-core CPU, so a run is dominated by its start-up.
+TINY = ['network_g:m_elan=2', 'datasets:train:gt_size=32', 'datasets:train:batch_size_per_gpu=24',
+        'datasets:train:num_worker_per_gpu=0', 'datasets:train:dataset_enlarge_ratio=1', 'logger:print_freq=1',
+        'val=~', 'logger:use_tb_logger=false']
+TEST_ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1', CUDA_VISIBLE_DEVICES='')
+DIST_WORKER = str(REPO / 'tests' / 'dist_worker.py')
+
+
+def worker_command(out: Path, train_args: List[str], torchrun_args: Optional[List[str]] = None) -> List[str]:
+    """``tests/dist_worker.py OUT train -opt <demo option> ...`` (final weights to ``OUT/rank<R>.pth``), under
+    ``torchrun TORCHRUN_ARGS`` with ``--launcher pytorch`` when those are given, else as one process."""
+    launch = [] if torchrun_args is None else ['-m', 'torch.distributed.run', *torchrun_args]
+    launcher = [] if torchrun_args is None else ['--launcher', 'pytorch']
+    return [sys.executable, *launch, DIST_WORKER, str(out), 'train', '-opt', TRAIN_OPT, *launcher, *train_args]
+
+
+def same_parameters(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
+    """Whether two state_dicts hold bit-identical tensors under the same keys."""
+    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
