@@ -52,11 +52,10 @@ def start_timeout() -> float:
 
 
 def _remaining(deadline: float, what: str) -> timedelta:
+    """Time left until ``deadline`` (``time.monotonic()``); ``TimeoutError(what)`` when there is none."""
     left = deadline - time.monotonic()
     if left <= 0:
-        raise ElanError(f'distributed start-up: {what} within {start_timeout():.0f} s ({START_TIMEOUT_VAR}); '
-                        'a peer process died or is stuck (its log says why), or the ranks were started too '
-                        'far apart')
+        raise TimeoutError(what)
     return timedelta(seconds=left)
 
 
@@ -68,8 +67,10 @@ def _answers(host: str, port: int) -> bool:
         return False
 
 
-def _fresh_store(board: dist.Store, rank: int, world_size: int, deadline: float) -> dist.Store:
-    """A store that only this attempt's ranks use: hosted by rank 0, announced through ``board``."""
+def fresh_store(board: dist.Store, rank: int, world_size: int, deadline: float) -> dist.Store:
+    """A store that only this attempt's ranks use: hosted by rank 0, announced through ``board`` (the agent's
+    store) as ``host port token``; other ranks wait (until ``deadline``, a ``time.monotonic()``) for a post
+    whose store answers with its token."""
     board = dist.PrefixStore('elan_arch/group_store', board)
     host = os.environ['MASTER_ADDR']
     if rank == 0:
@@ -90,10 +91,11 @@ def _fresh_store(board: dist.Store, rank: int, world_size: int, deadline: float)
         time.sleep(0.2)  # a post of a previous attempt: its store is gone; wait for this attempt's
 
 
-def _meet(store: dist.Store, world_size: int, deadline: float) -> bool:
-    """Wait until all ranks have arrived in ``store``; whether any of them is a torchrun restart."""
+def meet(store: dist.Store, world_size: int, deadline: float, restarts: int) -> bool:
+    """Wait until all ranks have arrived in ``store`` (each with its ``TORCHELASTIC_RESTART_COUNT``,
+    ``restarts``); whether any of them is a restart."""
     start = dist.PrefixStore('elan_arch/start', store)
-    start.add('restarts', int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')))
+    start.add('restarts', restarts)
     start.add('arrived', 1)
     while (arrived := start.add('arrived', 0)) < world_size:
         _remaining(deadline, f'only {arrived} of {world_size} processes arrived')
@@ -110,12 +112,13 @@ def init_process_group(backend: str) -> None:
         store, _, _ = next(dist.rendezvous('env://', rank, world_size,
                                            timeout=_remaining(deadline, 'the launcher store did not answer')))
         if os.environ.get('TORCHELASTIC_USE_AGENT_STORE') == str(True):
-            store = _fresh_store(store, rank, world_size, deadline)
-        _GROUP['restarted'] = _meet(store, world_size, deadline)
-    except dist.DistError as err:  # a store that did not answer in time
+            store = fresh_store(store, rank, world_size, deadline)
+        restarts = int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0'))
+        _GROUP['restarted'] = meet(store, world_size, deadline, restarts)
+    except (dist.DistError, TimeoutError) as err:  # a store or a peer that did not answer in time
         raise ElanError(f'distributed start-up of rank {rank} of {world_size} failed within {start_timeout():.0f} s '
                         f'({START_TIMEOUT_VAR}): {str(err).splitlines()[0]}; a peer process died or is stuck (its '
-                        f'log says why), or MASTER_ADDR:MASTER_PORT ({os.environ["MASTER_ADDR"]}:'
+                        f'log says why), was started too late, or MASTER_ADDR:MASTER_PORT ({os.environ["MASTER_ADDR"]}:'
                         f'{os.environ["MASTER_PORT"]}) is not reachable') from err
     dist.init_process_group(backend, store=dist.PrefixStore('elan_arch/pg', store), rank=rank,
                             world_size=world_size)
@@ -126,18 +129,23 @@ def group_restarted() -> bool:
     return _GROUP['restarted']
 
 
+def as_typed(parts: List[str]) -> List[str]:
+    """A command line as a user types it: ``/usr/bin/python3 /usr/local/bin/torchrun ARGS`` -> ``torchrun ARGS``."""
+    if len(parts) > 1 and os.path.basename(parts[1]) == 'torchrun':
+        parts = parts[1:]
+    if parts and os.path.basename(parts[0]) == 'torchrun':
+        parts = ['torchrun', *parts[1:]]
+    return parts
+
+
 def _parent_command() -> Optional[List[str]]:
     """The command line of the parent process (torchrun's agent for its workers), where /proc has it."""
     try:
         with open(f'/proc/{os.getppid()}/cmdline', 'rb') as handle:
             parts = [part.decode() for part in handle.read().split(b'\0') if part]
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return None
-    if len(parts) > 1 and os.path.basename(parts[1]) == 'torchrun':
-        parts = parts[1:]  # python /usr/bin/torchrun ... -> torchrun ...
-    if parts and os.path.basename(parts[0]) == 'torchrun':
-        parts[0] = 'torchrun'
-    return parts or None
+    return as_typed(parts) or None
 
 
 def resume_command(argv: List[str], launcher: str) -> str:
