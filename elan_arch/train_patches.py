@@ -84,6 +84,9 @@ def slurm_environment(environ: Dict[str, str], port: Optional[int] = None) -> Di
     for var in ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST'):
         if var not in environ:
             raise ElanError(f'--launcher slurm: environment variable {var} is not set; start the job with srun')
+    if port is None and 'MASTER_PORT' not in environ and 'SLURM_JOB_ID' not in environ:
+        raise ElanError('--launcher slurm: neither MASTER_PORT nor SLURM_JOB_ID is set; export MASTER_PORT (a free '
+                        'port on the first node) in the job script')
     host = subprocess.getoutput(f'scontrol show hostname {environ["SLURM_NODELIST"]} | head -n1').strip()
     if not host or ' ' in host:
         raise ElanError(f'--launcher slurm: `scontrol show hostname {environ["SLURM_NODELIST"]}` gave {host!r}; '
@@ -92,9 +95,6 @@ def slurm_environment(environ: Dict[str, str], port: Optional[int] = None) -> Di
     local_rank = environ.get('SLURM_LOCALID')
     if local_rank is None:
         local_rank = str(proc_id % max(torch.cuda.device_count(), 1))
-    if port is None and 'MASTER_PORT' not in environ and 'SLURM_JOB_ID' not in environ:
-        raise ElanError('--launcher slurm: neither MASTER_PORT nor SLURM_JOB_ID is set; export MASTER_PORT (a free '
-                        'port on the first node) in the job script')
     return {
         'MASTER_ADDR': host,
         'MASTER_PORT': str(port) if port is not None else environ.get('MASTER_PORT') or str(slurm_port(environ)),

@@ -95,6 +95,13 @@ def test_slurm_launcher_on_cpu(clean_dist_env, tmp_path):
 def test_slurm_environment_needs_slurm_variables():
     with pytest.raises(ElanError, match='SLURM_PROCID is not set.*srun'):
         train_patches.slurm_environment({})
+    with pytest.raises(ElanError, match='neither MASTER_PORT nor SLURM_JOB_ID is set'):
+        train_patches.slurm_environment(dict(SLURM_PROCID='0', SLURM_NTASKS='2', SLURM_NODELIST='n1'))
+
+
+def test_slurm_port_differs_between_jobs_and_avoids_the_ephemeral_range():
+    ports = [train_patches.slurm_port({'SLURM_JOB_ID': str(job)}) for job in (4711, 4712, 123456)]
+    assert ports == [14711, 14712, 13456]  # 10000 + id % 20000, never basicsr's 29500 for every job
 
 
 def test_torch_distributed_launch_local_rank_reaches_basicsr(tmp_path, monkeypatch):
