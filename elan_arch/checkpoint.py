@@ -115,15 +115,27 @@ def build_network(sd: StateDict, config: Dict[str, Any], path: str = 'checkpoint
     return net
 
 
+def load_checkpoint(path: str, param_key: Optional[str] = None, unsafe: bool = False,
+                    **overrides: Any) -> Tuple[ELAN, Dict[str, Any], str]:
+    """Read ``path`` in any supported format and build its ELAN (CPU, train mode as constructed).
+
+    ``overrides`` (ELAN keyword arguments, None = infer) replace inferred and recorded values.
+
+    Returns:
+        The network, its ELAN keyword arguments and the file's container (``Checkpoint.source``).
+    """
+    ck = read_checkpoint(path, param_key, unsafe)
+    config = resolve_config(ck.state_dict, path, ck.recorded, **overrides)
+    return build_network(ck.state_dict, config, path), config, ck.source
+
+
 def load_network_from_checkpoint(path: str, device: str = 'cpu', param_key: Optional[str] = None,
                                  unsafe: bool = False, **overrides: Any) -> ELAN:
     """Read ``path`` in any supported format and return its ELAN in eval mode on ``device``.
 
     ``overrides`` (ELAN keyword arguments, None = infer) replace inferred values.
     """
-    ck = read_checkpoint(path, param_key, unsafe)
-    return build_network(ck.state_dict, resolve_config(ck.state_dict, path, ck.recorded, **overrides),
-                         path).eval().to(device)
+    return load_checkpoint(path, param_key, unsafe, **overrides)[0].eval().to(device)
 
 
 def output_format(dst: str, fmt: Optional[str] = None) -> str:
@@ -149,9 +161,7 @@ def convert_checkpoint(src: str, dst: str, overwrite: bool = False, unsafe: bool
         The ELAN keyword arguments, for ``network_g`` in an option file.
     """
     fmt = output_format(dst, fmt)
-    ck = read_checkpoint(src, unsafe=unsafe)
-    config = resolve_config(ck.state_dict, src, ck.recorded, **overrides)
-    net = build_network(ck.state_dict, config, src)
+    net, config, _ = load_checkpoint(src, unsafe=unsafe, **overrides)
     with atomic_path(dst, overwrite=overwrite, flag='--force') as tmp:
         if fmt == 'safetensors':
             write_safetensors(net.state_dict(), tmp, {'type': 'ELAN', **config})

@@ -12,7 +12,7 @@ final integer type and two float strips of one tile's height.
 from __future__ import annotations
 
 import argparse
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -100,12 +100,22 @@ def _to_image(t: Tensor, dtype: np.dtype) -> np.ndarray:
     return t.permute(1, 2, 0).contiguous().cpu().numpy().astype(dtype)
 
 
-def upscale_array(net: nn.Module, img: np.ndarray, scale: int, pad_multiple: int, tile: int = 0,
+def placement(net: Callable[[Tensor], Tensor]) -> Tuple[torch.device, torch.dtype]:
+    """Device and dtype that ``net``'s inputs need: its parameters' for a module, else its
+    ``device``/``dtype`` attributes (e.g. :class:`elan_arch.onnx_backend.OnnxNetwork`)."""
+    if isinstance(net, nn.Module):
+        param = next(net.parameters())
+        return param.device, param.dtype
+    return net.device, net.dtype
+
+
+def upscale_array(net: Callable[[Tensor], Tensor], img: np.ndarray, scale: int, pad_multiple: int, tile: int = 0,
                   overlap: int = DEFAULT_OVERLAP, out_dtype: type = np.uint8, progress: bool = False) -> np.ndarray:
     """Super-resolve one image.
 
     Args:
-        net: The network, in eval mode, on its device and dtype (see :func:`prepare_network`).
+        net: The network, in eval mode, on its device and dtype (see :func:`prepare_network`), or
+            another callable on (B, C, H, W) tensors with ``device``/``dtype`` (see :func:`placement`).
         img: (H, W, C) float32 RGB in [0, 1].
         scale: The network's upscale factor.
         pad_multiple: The network's size multiple (``ELAN.pad_multiple``).
@@ -119,25 +129,25 @@ def upscale_array(net: nn.Module, img: np.ndarray, scale: int, pad_multiple: int
     """
     from .archs.elan_arch import pad_to_multiple
 
-    param = next(net.parameters())
+    device, dtype = placement(net)
     x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
     h, w = img.shape[:2]
     with torch.inference_mode():
         if tile <= 0:
-            return _to_image(net(x.to(param.device, param.dtype))[0][:, :h * scale, :w * scale], out_dtype)
+            return _to_image(net(x.to(device, dtype))[0][:, :h * scale, :w * scale], out_dtype)
         x = pad_to_multiple(x, pad_multiple)
         out = np.empty((h * scale, w * scale, img.shape[2]), dtype=out_dtype)
         ys, tile_h = tile_starts(x.shape[2], tile, overlap, pad_multiple)
         xs, tile_w = tile_starts(x.shape[3], tile, overlap, pad_multiple)
-        wy = [r.to(param.device).view(1, -1, 1) for r in blend_weights(ys, tile_h, scale)]
-        wx = [r.to(param.device) for r in blend_weights(xs, tile_w, scale)]
+        wy = [r.to(device).view(1, -1, 1) for r in blend_weights(ys, tile_h, scale)]
+        wx = [r.to(device) for r in blend_weights(xs, tile_w, scale)]
         pending: Optional[Tensor] = None  # blended output rows [pending_top, pending_top + tile_h*scale)
         pending_top = 0
         with tqdm(total=len(ys) * len(xs), unit='tile', disable=not progress, leave=False) as bar:
             for y0, ramp_y in zip(ys, wy):
-                strip = torch.zeros(x.shape[1], tile_h * scale, x.shape[3] * scale, device=param.device)
+                strip = torch.zeros(x.shape[1], tile_h * scale, x.shape[3] * scale, device=device)
                 for x0, ramp_x in zip(xs, wx):
-                    y = net(x[..., y0:y0 + tile_h, x0:x0 + tile_w].to(param.device, param.dtype))[0]
+                    y = net(x[..., y0:y0 + tile_h, x0:x0 + tile_w].to(device, dtype))[0]
                     strip[:, :, x0 * scale:(x0 + tile_w) * scale].addcmul_(y.float(), ramp_x)
                     bar.update()
                 strip.mul_(ramp_y)

@@ -13,7 +13,7 @@ from typing import List, Optional
 
 from ..errors import ElanError
 
-SUBCOMMANDS = ('convert', 'prepare', 'train', 'test', 'upscale', 'bench')
+SUBCOMMANDS = ('convert', 'prepare', 'train', 'test', 'upscale', 'export', 'bench')
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,10 +27,13 @@ MODELS: Dict[str, str] = {
     'elan-light': 'ELAN-light',
     'elan-light-ref': 'ELAN-light (reference path)',
     'elan': 'ELAN',
+    'elan-light-onnx': 'ELAN-light (onnxruntime)',
     'swinir-light': 'SwinIR-light',
     'edsr': 'EDSR-baseline',
 }
 BASELINE = 'swinir-light'
+#: Measured only when named in ``--models`` (they need an extra, ``pip install 'elan-arch[onnx]'``).
+OPTIONAL_MODELS = ('elan-light-onnx',)
 
 
 @dataclass
@@ -62,7 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         'depend on them). Prints a markdown table and writes it with a bar chart.')
     parser.add_argument('--scale', type=int, default=4, help='upscale factor (default: 4)')
     parser.add_argument('--size', default='176x320', help='LR input HxW (default: 176x320, i.e. 704x1280 output at x4)')
-    parser.add_argument('--models', nargs='+', choices=list(MODELS), default=list(MODELS), help='models to measure')
+    parser.add_argument('--models', nargs='+', choices=list(MODELS),
+                        default=[k for k in MODELS if k not in OPTIONAL_MODELS], help=f'models to measure (default: all but {", ".join(OPTIONAL_MODELS)}: the ONNX export of '
+                        'ELAN-light run by onnxruntime, CPU float32 only)')
     add_device_options(parser, 'cpu', 'torch.compile every model first')
     parser.add_argument('--threads', type=int, help='CPU threads (torch.set_num_threads; default: torch\'s)')
     parser.add_argument('--runs', type=int, default=5, help='timed forwards per model (default: 5)')
@@ -96,7 +101,11 @@ def build_model(key: str, scale: int):
 
     from ..archs.elan_arch import ELAN, ELAN_VARIANTS
 
-    if key.startswith('elan'):
+    if key == 'elan-light-onnx':
+        from ..onnx_backend import OnnxRuntimeModule
+
+        net = OnnxRuntimeModule(ELAN(upscale=scale, **ELAN_VARIANTS['ELAN-light']).eval())
+    elif key.startswith('elan'):
         net = ELAN(upscale=scale, **ELAN_VARIANTS['ELAN' if key == 'elan' else 'ELAN-light'])
         net.fast_inference = key != 'elan-light-ref'
     elif key == 'swinir-light':
@@ -207,7 +216,8 @@ def markdown(results: List[Result], setup: str) -> str:
     for r in results:
         ratio = f'{base.latency / r.latency:.2f}x' if base else 'n/a'
         peak = f'{r.peak_mib:.0f}' if r.peak_mib is not None else 'n/a'
-        lines.append(f'| {r.name} | {r.params:,} | {r.flops / 1e9:.1f} | {r.latency * 1e3:.0f} '
+        gflops = f'{r.flops / 1e9:.1f}' if r.flops else 'n/a'  # onnxruntime's work is invisible to PyTorch
+        lines.append(f'| {r.name} | {r.params:,} | {gflops} | {r.latency * 1e3:.0f} '
                      f'(min {min(r.latencies) * 1e3:.0f}) | {ratio} | {peak} |')
     return '\n'.join(lines) + '\n'
 

@@ -17,13 +17,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         'upscale', help='super-resolve images with an ELAN checkpoint',
         description='Upscale one image (PNG/JPEG/WebP/...) or every image directly inside a folder to PNG with '
-        'an ELAN checkpoint (BasicSR or authors\' format; variant and scale are read from the weights). '
+        'an ELAN checkpoint (BasicSR, the authors\', traiNNer-redux or safetensors; variant and scale are read from '
+        'the weights), or with an exported ONNX model through onnxruntime. '
         'Large images can be processed in overlapping tiles, blended without seams, so memory depends on the '
         'tile size rather than the image size. Inputs are never overwritten; outputs are written atomically.')
     parser.add_argument('-i', '--input', required=True, type=Path, help='an image file, or a folder of images')
     parser.add_argument('-o', '--output', required=True, type=Path,
                         help='output .png file (or an existing folder) for one image; output folder for a folder')
-    parser.add_argument('--weights', required=True, help='ELAN checkpoint (.pth)')
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument('--weights', help='ELAN checkpoint (.pth/.pt/.safetensors) run by PyTorch')
+    model.add_argument('--onnx', metavar='MODEL.onnx',
+                       help='an `elan export` model run by onnxruntime instead (CPU, or CUDA with onnxruntime-gpu; '
+                       'its dtype is fixed at export, so no --half/--compile)')
     parser.add_argument('--scale', type=int, help='expected upscale factor: refuse weights of another scale')
     parser.add_argument('--tile', type=int, nargs='?', const=DEFAULT_TILE, default=0, metavar='N',
                         help=f'process in N x N tiles (input pixels, rounded up to a multiple of 16); '
@@ -99,22 +104,40 @@ def _upscale_file(net, src: Path, dst: Path, scale: int, multiple: int, args: ar
         write_png(tmp, cv2.cvtColor(out, cv2.COLOR_RGB2BGR, dst=out))  # in place: no second output-sized copy
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+def load_model(args: argparse.Namespace):
+    """The network for ``--weights`` (PyTorch, prepared for ``--device/--half/--compile``) or ``--onnx``
+    (onnxruntime), its scale and padding multiple, and where it runs (for the summary line)."""
     from ..checkpoint import load_network_from_checkpoint
     from ..inference import prepare_network, select_device
 
+    if args.onnx:
+        from ..onnx_backend import OnnxNetwork
+
+        if args.half or args.compile:
+            raise ElanError('--half/--compile do not apply to --onnx: the model\'s dtype is fixed at export '
+                            '(elan export --half)')
+        net = OnnxNetwork(args.onnx, args.device)
+        source, where = args.onnx, f'onnxruntime ({net.providers[0]})'
+    else:
+        device, dtype = select_device(args.device, args.half)
+        net = load_network_from_checkpoint(args.weights)
+        source, where = args.weights, str(device)
+    if args.scale is not None and net.upscale != args.scale:
+        raise ElanError(f'{source} holds an x{net.upscale} ELAN but --scale {args.scale} was asked; '
+                        f'use an x{args.scale} model or drop --scale')
+    scale, multiple = net.upscale, net.pad_multiple
+    if not args.onnx:
+        net = prepare_network(net, device, dtype, args.compile)
+    return net, scale, multiple, where
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     if args.tile < 0 or args.tile_overlap < 0:
         raise ElanError('--tile and --tile-overlap must be >= 0')
-    device, dtype = select_device(args.device, args.half)
     jobs, skipped = plan_jobs(args.input, args.output, args.force)
-    net = load_network_from_checkpoint(args.weights)
-    if args.scale is not None and net.upscale != args.scale:
-        raise ElanError(f'{args.weights} holds an x{net.upscale} ELAN but --scale {args.scale} was asked; '
-                        f'use x{args.scale} weights or drop --scale')
-    scale, multiple = net.upscale, net.pad_multiple
-    net = prepare_network(net, device, dtype, args.compile)
+    net, scale, multiple, where = load_model(args)
     for path in skipped:
         print(f'elan upscale: skipped {path}: not an image file', file=sys.stderr)
     failed = []
@@ -126,8 +149,8 @@ def run(args: argparse.Namespace) -> int:
                 raise
             failed.append(src)
             tqdm.write(f'elan upscale: failed: {err}', file=sys.stderr)
-    where = args.output if args.input.is_dir() else jobs[0][1]
-    print(f'upscaled {len(jobs) - len(failed)} of {len(jobs)} image(s) x{scale} on {device} -> {where}')
+    destination = args.output if args.input.is_dir() else jobs[0][1]
+    print(f'upscaled {len(jobs) - len(failed)} of {len(jobs)} image(s) x{scale} on {where} -> {destination}')
     if failed:
         print(f'elan upscale: {len(failed)} image(s) failed: {", ".join(map(str, failed))}', file=sys.stderr)
         return 1

@@ -1,0 +1,52 @@
+"""``elan export WEIGHTS OUT.onnx``: an ELAN checkpoint to ONNX, checked with onnxruntime."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    import torch
+
+    from ..export_onnx import OPSET, TOLERANCE, VERIFY_SHAPES
+
+    checks = ' and '.join('x'.join(map(str, s)) for s in VERIFY_SHAPES)
+    parser = subparsers.add_parser(
+        'export', help='export an ELAN checkpoint to ONNX (checked with onnxruntime)',
+        description='Export any ELAN checkpoint this package reads (BasicSR, the authors\', traiNNer-redux, '
+        f'safetensors, bare state_dict) to ONNX opset {OPSET}: input "input" (batch, 3, H, W) RGB in [0, 1], output '
+        '"output" (batch, 3, H*scale, W*scale); batch, height and width are dynamic and the padding to the '
+        'window multiple and the crop are inside the graph, so any size >= 1 pixel works. The attention '
+        'logits stay float32 in a --half model. The model is then run with onnxruntime on the CPU against '
+        f'PyTorch at input shapes {checks} (batch x H x W, not the traced one); if the largest difference exceeds '
+        f'{TOLERANCE[torch.float32]:g} (float32) or {TOLERANCE[torch.float16]:g} (float16), the '
+        'command fails with the measured difference and writes nothing. OUT is written atomically.')
+    parser.add_argument('weights', help='ELAN checkpoint (.pth/.pt/.safetensors)')
+    parser.add_argument('out', help='ONNX model to write (.onnx)')
+    parser.add_argument('--half', action='store_true', help='float16 model (float16 input and output)')
+    parser.add_argument('--opset', type=int, default=OPSET, help=f'ONNX opset (default: {OPSET})')
+    parser.add_argument('--dynamo', action='store_true',
+                        help='use the torch.export-based exporter (opset >= 18; much slower to export) instead of '
+                        'the TorchScript-based one')
+    parser.add_argument('--window-sizes', type=int, nargs='+', help='attention window sizes (default: 4 8 16, '
+                        'or what the file records)')
+    parser.add_argument('--img-range', type=float, help='override the inferred pixel range (1 for traiNNer-redux '
+                        'norm: true weights)')
+    parser.add_argument('--force', action='store_true', help='replace OUT if it exists')
+    parser.add_argument('--unsafe-load', action='store_true',
+                        help='unpickle arbitrary Python objects in WEIGHTS (only for files you trust)')
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_checkpoint
+    from ..export_onnx import export_onnx
+    from ..fileio import check_output_free
+
+    check_output_free(args.out, args.force)  # before the export's work
+    net, config, source = load_checkpoint(args.weights, unsafe=args.unsafe_load, window_sizes=args.window_sizes,
+                                          img_range=args.img_range)
+    print(f'exporting {args.weights} ({source} checkpoint) to ONNX...', flush=True)
+    result = export_onnx(net, args.out, config, half=args.half, opset=args.opset, dynamo=args.dynamo,
+                         overwrite=args.force)
+    print(f'wrote {result.summary()}')
+    return 0

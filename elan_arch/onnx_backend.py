@@ -1,0 +1,102 @@
+"""Running an exported ELAN (``elan export``) with onnxruntime, as a drop-in for the PyTorch network.
+
+:class:`OnnxNetwork` is called like the network on (B, C, H, W) tensors, so
+:func:`elan_arch.inference.upscale_array` (and its tiling) runs it unchanged;
+:class:`OnnxRuntimeModule` exports a network and runs it as an ``nn.Module`` (``elan bench``).
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .errors import ElanError
+from .extras import require
+from .fileio import PathLike
+
+_DTYPES = {'tensor(float)': torch.float32, 'tensor(float16)': torch.float16}
+
+
+def providers_for(device: str) -> List[str]:
+    """onnxruntime execution providers for ``--device`` (``cpu``, ``cuda``, ``cuda:N``, ``auto``)."""
+    ort = require('onnxruntime', 'onnx', 'running an ONNX model')
+    available = ort.get_available_providers()
+    if device == 'auto':
+        device = 'cuda' if 'CUDAExecutionProvider' in available else 'cpu'
+    if device.startswith('cuda'):
+        if 'CUDAExecutionProvider' not in available:
+            raise ElanError(f'--device {device}: this onnxruntime has no CUDA provider (it has {", ".join(available)}); '
+                            'install onnxruntime-gpu or use --device cpu')
+        return ['CUDAExecutionProvider', 'CPUExecutionProvider']
+    return ['CPUExecutionProvider']
+
+
+class OnnxNetwork:
+    """An ``elan export`` model in an onnxruntime session.
+
+    Attributes (from the model's metadata): ``upscale``, ``pad_multiple``, ``colors``,
+    ``dtype`` (the model's input dtype), ``metadata`` (all of it); ``device`` is the CPU:
+    inputs and outputs are CPU tensors whatever provider runs the graph.
+
+    Call: (B, colors, H, W) tensor of ``dtype`` in [0, 1] -> (B, colors, H*upscale, W*upscale).
+    """
+
+    device = torch.device('cpu')
+
+    def __init__(self, path: PathLike, device: str = 'cpu', threads: Optional[int] = None) -> None:
+        ort = require('onnxruntime', 'onnx', 'running an ONNX model')
+        path = Path(path)
+        if not path.is_file():
+            raise ElanError(f'{path}: no such ONNX model file')
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers_for(device))
+        except Exception as err:  # onnxruntime raises its own exception types for unreadable models
+            raise ElanError(f'{path}: onnxruntime cannot load this model ({str(err).splitlines()[0]})') from err
+        self.metadata: Dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        if 'elan.scale' not in self.metadata:
+            raise ElanError(f'{path}: no ELAN metadata (elan.scale); models written by `elan export` have it')
+        inp = self.session.get_inputs()[0]
+        if inp.type not in _DTYPES or len(inp.shape) != 4:
+            raise ElanError(f'{path}: input {inp.name} is {inp.type} {inp.shape}, expected a float (B, C, H, W) tensor')
+        self.input_name, self.dtype = inp.name, _DTYPES[inp.type]
+        self.colors = int(inp.shape[1])
+        self.upscale = int(self.metadata['elan.scale'])
+        self.pad_multiple = int(self.metadata.get('elan.pad_multiple', 16))
+        self.providers = self.session.get_providers()
+
+    def __call__(self, x: Tensor) -> Tensor:
+        array = np.ascontiguousarray(x.detach().cpu().to(self.dtype).numpy())
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+
+
+class OnnxRuntimeModule(nn.Module):
+    """``net`` exported to ONNX (in a temporary folder) and run by onnxruntime on the CPU, as a module.
+
+    For ``elan bench``: ``net`` stays a submodule, so its parameters are counted, but FLOPs are
+    not (the work happens outside PyTorch). onnxruntime gets ``torch.get_num_threads()`` threads,
+    like PyTorch. The export is not checked (benchmark weights are random).
+
+    Shape: float32 CPU (B, C, H, W) -> (B, C, H*scale, W*scale).
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        from .export_onnx import export_onnx
+
+        self.net = net
+        with tempfile.TemporaryDirectory() as tmp:  # the session keeps the model in memory
+            export_onnx(net, Path(tmp) / 'model.onnx', {}, check=False)
+            self.runtime = OnnxNetwork(Path(tmp) / 'model.onnx', threads=torch.get_num_threads())
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type != 'cpu' or x.dtype != torch.float32:
+            raise ElanError('the onnxruntime model runs float32 on the CPU: drop --half/--device cuda, or the '
+                            '*-onnx model from --models')
+        return self.runtime(x)
