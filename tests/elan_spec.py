@@ -74,13 +74,17 @@ def window_attention(x: Tensor, ws: int, shift: bool, atns: Optional[List[Tensor
 
 def spec_forward(sd: Dict[str, Tensor], x: Tensor, scale: int, window_sizes: Sequence[int] = (4, 8, 16),
                  training: bool = False, img_range: float = 255.) -> Tensor:
-    """ELAN forward per ELAN.md, on a state_dict with the reference's key names. x in [0, 1]."""
+    """ELAN forward per ELAN.md, on a state_dict with the reference's key names. x in [0, 1].
+
+    Without ``sub_mean``/``add_mean`` keys (traiNNer-redux's ``norm: false``) there is no mean shift.
+    """
     sd = {k: v.double() for k, v in sd.items()}
     x = x.double()
     h, w = x.shape[-2:]
     m = math.lcm(*window_sizes)
     x = F.pad(x, (0, (m - w % m) % m, 0, (m - h % m) % m), mode='reflect') * img_range
-    x = conv1x1(x, sd['sub_mean.weight'], sd['sub_mean.bias'])  # the fixed mean-shift 1x1 conv
+    if 'sub_mean.weight' in sd:
+        x = conv1x1(x, sd['sub_mean.weight'], sd['sub_mean.bias'])  # the fixed mean-shift 1x1 conv
     x = F.conv2d(x, sd['head.0.weight'], sd['head.0.bias'], padding=1)
     feat = x
     n_blocks = 1 + max(int(k.split('.')[1]) for k in sd if k.startswith('body.'))
@@ -107,5 +111,7 @@ def spec_forward(sd: Dict[str, Tensor], x: Tensor, scale: int, window_sizes: Seq
             x = x + conv1x1(torch.cat(outs, dim=1), sd[gp + 'project_out.weight'], sd[gp + 'project_out.bias'])
     x = x + feat
     x = F.pixel_shuffle(F.conv2d(x, sd['tail.0.weight'], sd['tail.0.bias'], padding=1), scale)
-    x = conv1x1(x, sd['add_mean.weight'], sd['add_mean.bias']) / img_range
+    if 'add_mean.weight' in sd:
+        x = conv1x1(x, sd['add_mean.weight'], sd['add_mean.bias'])
+    x = x / img_range
     return x[..., :h * scale, :w * scale]
