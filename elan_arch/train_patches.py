@@ -130,8 +130,10 @@ def _saved_atomically(method: Callable, path_key: str) -> Callable:
     """Wrap a basicsr save method so its files appear under ``opt['path'][path_key]`` only when complete.
 
     The method writes into a hidden temporary folder inside the destination (basicsr's ``scandir``
-    skips hidden entries, so ``--auto_resume`` never sees it); each file is then renamed into place.
-    Rank 0 only, as basicsr's ``@master_only`` methods.
+    skips hidden entries, so ``--auto_resume`` never sees it); each file is then read back and renamed
+    into place. basicsr's ``save_network`` only warns when ``torch.save`` fails (a full disk) and would
+    leave a truncated file: a file that does not load is an :class:`ElanError` instead (the run stops;
+    the previous checkpoint stays the newest). Rank 0 only, as basicsr's ``@master_only`` methods.
     """
 
     @functools.wraps(method)
@@ -147,6 +149,10 @@ def _saved_atomically(method: Callable, path_key: str) -> Callable:
             finally:
                 self.opt['path'][path_key] = final
             for name in os.listdir(tmp):
+                why = resume.read(osp.join(tmp, name))[1]
+                if why:
+                    raise ElanError(f'could not write {osp.join(final, name)} ({why}); is the disk full? The '
+                                    'previous checkpoint is intact: make room and continue with --auto_resume')
                 os.replace(osp.join(tmp, name), osp.join(final, name))
 
     return wrapper
