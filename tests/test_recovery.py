@@ -149,3 +149,19 @@ def test_run_killed_with_sigkill_resumes_to_identical_weights(root, finished, tm
     out = ok(train(root, name, loader, auto_resume=True))
     assert 'Resuming training from epoch: 0, iter: 6.' in out
     assert same_parameters(final_params(root, name), finished)
+
+
+def test_a_checkpoint_file_that_does_not_load_back_stops_the_save(tmp_path):
+    """A full disk: basicsr's ``save_network`` only warns when ``torch.save`` fails and leaves the file truncated."""
+    from types import SimpleNamespace
+
+    from elan_arch import train_patches
+    from elan_arch.errors import ElanError
+
+    def save_network(model):
+        (Path(model.opt['path']['models']) / 'net_g_8.pth').write_bytes(b'PK\x03\x04 cut short')
+
+    model = SimpleNamespace(opt={'rank': 0, 'path': {'models': str(tmp_path / 'models')}})
+    with pytest.raises(ElanError, match=r'could not write .*/models/net_g_8.pth \(does not load.*disk full'):
+        train_patches._saved_atomically(save_network, 'models')(model)
+    assert list((tmp_path / 'models').iterdir()) == [] and model.opt['path']['models'] == str(tmp_path / 'models')
