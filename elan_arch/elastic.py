@@ -96,10 +96,12 @@ def meet(store: dist.Store, world_size: int, deadline: float, restarts: int) -> 
     ``restarts``); whether any of them is a restart."""
     start = dist.PrefixStore('elan_arch/start', store)
     start.add('restarts', restarts)
-    start.add('arrived', 1)
-    while (arrived := start.add('arrived', 0)) < world_size:
-        _remaining(deadline, f'only {arrived} of {world_size} processes arrived')
-        time.sleep(0.05)
+    if start.add('arrived', 1) == world_size:  # the last to arrive opens the door
+        start.set('all_arrived', '1')
+    try:
+        start.wait(['all_arrived'], _remaining(deadline, 'no time left'))
+    except dist.DistError as err:
+        raise TimeoutError(f'only {start.add("arrived", 0)} of {world_size} processes arrived') from err
     return start.add('restarts', 0) > 0
 
 

@@ -188,6 +188,12 @@ def test_startup_without_its_peer_stops_with_a_clear_error(monkeypatch, agent_st
     assert not dist.is_initialized()
 
 
+def test_meeting_says_how_many_processes_came():
+    store = dist.TCPStore('127.0.0.1', 0, 1, True, wait_for_workers=False)
+    with pytest.raises(TimeoutError, match='only 1 of 3 processes arrived'):
+        elastic.meet(store, 3, time.monotonic() + 1, 0)
+
+
 def test_resume_command_is_the_command_that_was_running(monkeypatch):
     argv = ['train', '-opt', 'options/x.yml', '--launcher', 'pytorch', '--force_yml', 'train:total_iter=9']
     monkeypatch.setenv('TORCHELASTIC_RUN_ID', 'job')
