@@ -1,4 +1,4 @@
-"""The inference fast path (elan_arch/archs/elan_fast.py) computes the training path's function."""
+"""The fast path (elan_arch/archs/elan_fast.py) in inference computes the reference arithmetic's function."""
 from __future__ import annotations
 
 import pytest
@@ -64,16 +64,17 @@ def test_small_config_with_other_window_sizes_and_channel_split():
     assert (fast - reference).abs().max() < 1e-5
 
 
-def test_dispatch_only_in_eval_mode_without_autograd(monkeypatch):
+def test_inference_dispatch_only_in_eval_mode_without_autograd(monkeypatch):
     calls = []
     original = elan_fast.forward_padded
     monkeypatch.setattr(arch_module.elan_fast, 'forward_padded', lambda net, x: calls.append(1) or original(net, x))
     net, x = ELAN(upscale=2, **SMALL), torch.rand(1, 3, 8, 8)
     net.train()
+    net.fast_training = False
     with torch.no_grad():
-        net(x)
+        net(x)  # train mode (batch statistics): not inference
     net.eval()
-    net(x).sum().backward()  # eval with autograd on: the reference path, gradients flow
+    net(x).sum().backward()  # eval with autograd on: the training switch decides, gradients flow
     assert calls == [] and net.head[0].weight.grad is not None
     with torch.inference_mode():
         net(x)
@@ -131,32 +132,38 @@ def test_state_dict_and_parameters_unchanged():
 
 
 @pytest.mark.parametrize('cv', [20, 40])  # values of a computing and of a sharing GMSA (ELAN-light)
-def test_window_attention_unfused_cuda_form_equals_fused(cv):
+def test_window_attention_materialised_maps_equal_fused_kernel(cv):
     gen = torch.Generator().manual_seed(3)
     q = torch.randn(6, 64, 20, generator=gen, dtype=torch.float64)
     v = torch.randn(6, 64, cv, generator=gen, dtype=torch.float64)
-    fused = elan_fast.window_attention(q, v, fused=True)
-    unfused = elan_fast.window_attention(q, v, fused=False)
     expected = torch.softmax(q @ q.transpose(1, 2), dim=-1) @ v  # unscaled, as ELAN's GMSA
-    assert fused.shape == unfused.shape == (6, 64, cv)
-    assert torch.allclose(fused, expected, atol=1e-10) and torch.allclose(unfused, expected, atol=1e-10)
+    with torch.no_grad():  # CPU inference: SDPA, shared as queries
+        fused, fused_state = elan_fast.window_attention(v, q=q)
+        fused_shared, _ = elan_fast.window_attention(v.flip(1), shared=fused_state)
+    with torch.enable_grad():  # CPU training: bmm with materialised maps, shared as maps
+        maps, maps_state = elan_fast.window_attention(v, q=q)
+        maps_shared, _ = elan_fast.window_attention(v.flip(1), shared=maps_state)
+    assert fused_state.maps is None and maps_state.queries is None and maps_state.maps.shape == (6, 64, 64)
+    assert fused.shape == maps.shape == (6, 64, cv)
+    assert torch.allclose(fused, expected, atol=1e-10) and torch.allclose(maps, expected, atol=1e-10)
+    assert torch.allclose(fused_shared, maps_shared, atol=1e-10)
+    assert torch.allclose(maps_shared, torch.softmax(q @ q.transpose(1, 2), dim=-1) @ v.flip(1), atol=1e-10)
 
 
-def test_window_attention_unfused_float16_logits_do_not_overflow():
+def test_window_attention_float16_logits_do_not_overflow():
     # 20 channels of magnitude 100: logits of 2e5, beyond float16's 65504
     gen = torch.Generator().manual_seed(4)
     q = 100 + torch.rand(2, 16, 20, generator=gen, dtype=torch.float64)
     v = torch.rand(2, 16, 20, generator=gen, dtype=torch.float64)
     expected = torch.softmax(q @ q.transpose(1, 2), dim=-1) @ v
-    got = elan_fast.window_attention(q.half(), v.half(), fused=False)
+    got, _ = elan_fast.window_attention(v.half(), q=q.half())
     assert got.dtype == torch.float16 and torch.isfinite(got).all()
     assert (got.double() - expected).abs().max() < 2e-2
 
 
-def test_fast_path_with_the_cuda_attention_form_equals_training_path(monkeypatch):
-    # the unfused (bmm) attention that CUDA tensors take, exercised through the whole network on CPU
-    unfused = elan_fast.window_attention
-    monkeypatch.setattr(elan_fast, 'window_attention', lambda q, v, fused: unfused(q, v, fused=False))
+def test_inference_with_materialised_maps_equals_training_path(monkeypatch):
+    # the bmm form that training on CPU takes, exercised through the whole network in inference
+    monkeypatch.setattr(elan_fast, '_materialise_maps', lambda q: True)
     x = to_tensor(photo(21, 19))
     net = calibrated(ELAN(upscale=4, **ELAN_VARIANTS['ELAN-light']), x)
     fast, reference = both_paths(net, x)

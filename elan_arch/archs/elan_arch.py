@@ -236,11 +236,14 @@ class ELAN(nn.Module):
             subtract and add back (the reference's DIV2K mean by default). ``None`` drops both
             modules (no ``sub_mean``/``add_mean`` keys): traiNNer-redux's ELAN default
             (``norm: false``), which also uses ``img_range: 1``.
+        fast_training: Train (and run anything that needs gradients or BatchNorm batch
+            statistics) on :mod:`~elan_arch.archs.elan_fast`, the same function with the same
+            gradients computed faster. False keeps the module tree's reference arithmetic
+            (``network_g.fast_training: false`` in an option file), e.g. to compare.
 
     Attribute ``fast_inference`` (default True): in eval mode with autograd off
-    (``torch.no_grad``/``inference_mode``, as in BasicSR validation and testing), run
-    :mod:`~elan_arch.archs.elan_fast`, the same function computed faster. Training
-    and anything that needs gradients use the reference arithmetic below.
+    (``torch.no_grad``/``inference_mode``, as in BasicSR validation and testing), run the
+    fast path too. Neither attribute is part of the state_dict.
 
     Shape: (B, colors, H, W) in [0, 1] -> (B, colors, H*upscale, W*upscale), any H, W.
     """
@@ -254,7 +257,8 @@ class ELAN(nn.Module):
                  r_expand: int = 2,
                  window_sizes: Sequence[int] = (4, 8, 16),
                  img_range: float = 255.,
-                 rgb_mean: Optional[Sequence[float]] = DIV2K_RGB_MEAN) -> None:
+                 rgb_mean: Optional[Sequence[float]] = DIV2K_RGB_MEAN,
+                 fast_training: bool = True) -> None:
         super().__init__()
         window_sizes = [int(ws) for ws in window_sizes]
         if upscale < 1:
@@ -271,6 +275,7 @@ class ELAN(nn.Module):
         self.window_sizes = window_sizes
         self.pad_multiple = reduce(math.lcm, window_sizes)
         self.fast_inference = True
+        self.fast_training = bool(fast_training)
 
         self.sub_mean: nn.Module = nn.Identity()
         self.add_mean: nn.Module = nn.Identity()
@@ -290,10 +295,17 @@ class ELAN(nn.Module):
         self.tail = nn.Sequential(
             nn.Conv2d(c_elan, colors * upscale * upscale, kernel_size=3, padding=1), nn.PixelShuffle(upscale))
 
+    def uses_fast_path(self) -> bool:
+        """Whether a forward now runs :mod:`elan_fast`: ``fast_inference`` decides in eval mode with
+        autograd off, ``fast_training`` in every other case (train mode, or gradients wanted)."""
+        if not self.training and not torch.is_grad_enabled():
+            return self.fast_inference
+        return self.fast_training
+
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
         x = pad_to_multiple(x, self.pad_multiple)
-        if self.fast_inference and not self.training and not torch.is_grad_enabled():
+        if self.uses_fast_path():
             x = elan_fast.forward_padded(self, x)
         else:
             x = self.head(self.sub_mean(x * self.img_range))
