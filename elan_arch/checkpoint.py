@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .archs.elan_arch import DIV2K_RGB_MEAN, ELAN
+from .archs.elan_arch import DIV2K_RGB_MEAN, ELAN, ELAN_VARIANTS
 from .checkpoint_formats import StateDict, read_checkpoint, write_safetensors
 from .errors import ElanError
 from .fileio import atomic_path
@@ -96,6 +96,15 @@ def resolve_config(sd: StateDict, path: str = 'checkpoint', recorded: Optional[D
         if max(abs(a - b) for a, b in zip(mean, _default_mean(len(mean)))) > 1e-6:
             config['rgb_mean'] = [round(m, 6) for m in mean]
     return config
+
+
+def variant_name(config: Dict[str, Any]) -> str:
+    """``'ELAN-light'``/``'ELAN'`` for a reference configuration, else ``'ELAN (custom)'``."""
+    for name, variant in ELAN_VARIANTS.items():
+        if all(list(config.get(k, ())) == list(v) if k == 'window_sizes' else config.get(k) == v
+               for k, v in variant.items()):
+            return name
+    return 'ELAN (custom)'
 
 
 def build_network(sd: StateDict, config: Dict[str, Any], path: str = 'checkpoint') -> ELAN:
