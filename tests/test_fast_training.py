@@ -3,6 +3,7 @@ outputs, input gradients, every parameter gradient, BatchNorm running statistics
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 from typing import Dict, Optional, Tuple
 
 import pytest
@@ -182,13 +183,16 @@ def test_option_and_dispatch(monkeypatch):
         slow.eval()(x)  # inference keeps its own switch
     assert calls == [1, 1, 1]
     assert 'fast' not in ' '.join(slow.state_dict())
+    auto = ELAN(upscale=2, c_elan=15, m_elan=2, window_sizes=[2, 4, 8])
+    assert auto.fast_training is None and auto.uses_fast_path(x)  # default: on for CPU tensors
+    assert not auto.uses_fast_path(SimpleNamespace(is_cuda=True))  # not for CUDA: measured slower so far
 
 
 def test_option_file_switch_builds_the_reference_arithmetic():
     from basicsr.archs import build_network
     net = build_network({'type': 'ELAN', 'upscale': 2, 'c_elan': 15, 'm_elan': 2, 'window_sizes': [2, 4, 8],
                          'fast_training': False})
-    assert net.fast_training is False and not net.uses_fast_path()
+    assert net.fast_training is False and not net.uses_fast_path(torch.zeros(1, 3, 8, 8))
 
 
 def test_shift_backward_is_the_adjoint_shift():

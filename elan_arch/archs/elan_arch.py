@@ -238,8 +238,10 @@ class ELAN(nn.Module):
             (``norm: false``), which also uses ``img_range: 1``.
         fast_training: Train (and run anything that needs gradients or BatchNorm batch
             statistics) on :mod:`~elan_arch.archs.elan_fast`, the same function with the same
-            gradients computed faster. False keeps the module tree's reference arithmetic
-            (``network_g.fast_training: false`` in an option file), e.g. to compare.
+            gradients, reorganised for speed. ``None`` (default): on the CPU, where it is measured
+            faster, and not on CUDA, where the one measurement so far (H200, paper recipes) found
+            it slower than the reference arithmetic. True / False force it on / off
+            (``network_g.fast_training`` in an option file).
 
     Attribute ``fast_inference`` (default True): in eval mode with autograd off
     (``torch.no_grad``/``inference_mode``, as in BasicSR validation and testing), run the
@@ -258,7 +260,7 @@ class ELAN(nn.Module):
                  window_sizes: Sequence[int] = (4, 8, 16),
                  img_range: float = 255.,
                  rgb_mean: Optional[Sequence[float]] = DIV2K_RGB_MEAN,
-                 fast_training: bool = True) -> None:
+                 fast_training: Optional[bool] = None) -> None:
         super().__init__()
         window_sizes = [int(ws) for ws in window_sizes]
         if upscale < 1:
@@ -275,7 +277,7 @@ class ELAN(nn.Module):
         self.window_sizes = window_sizes
         self.pad_multiple = reduce(math.lcm, window_sizes)
         self.fast_inference = True
-        self.fast_training = bool(fast_training)
+        self.fast_training = fast_training
 
         self.sub_mean: nn.Module = nn.Identity()
         self.add_mean: nn.Module = nn.Identity()
@@ -295,17 +297,17 @@ class ELAN(nn.Module):
         self.tail = nn.Sequential(
             nn.Conv2d(c_elan, colors * upscale * upscale, kernel_size=3, padding=1), nn.PixelShuffle(upscale))
 
-    def uses_fast_path(self) -> bool:
-        """Whether a forward now runs :mod:`elan_fast`: ``fast_inference`` decides in eval mode with
-        autograd off, ``fast_training`` in every other case (train mode, or gradients wanted)."""
+    def uses_fast_path(self, x: Tensor) -> bool:
+        """Whether a forward of ``x`` now runs :mod:`elan_fast`: ``fast_inference`` decides in eval mode
+        with autograd off, ``fast_training`` in every other case (train mode, or gradients wanted)."""
         if not self.training and not torch.is_grad_enabled():
             return self.fast_inference
-        return self.fast_training
+        return not x.is_cuda if self.fast_training is None else self.fast_training
 
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
         x = pad_to_multiple(x, self.pad_multiple)
-        if self.uses_fast_path():
+        if self.uses_fast_path(x):
             x = elan_fast.forward_padded(self, x)
         else:
             x = self.head(self.sub_mean(x * self.img_range))

@@ -1,7 +1,8 @@
 """The fast path of :class:`~elan_arch.archs.elan_arch.ELAN`, for training (autograd) and inference.
 
 The same function as the module tree's reference arithmetic (``ELAN.forward`` with
-``fast=False``), with the same gradients, reorganised for speed. Every idea lives in
+``fast_training=False`` / ``fast_inference=False``), with the same gradients, reorganised
+for speed. Every idea lives in
 one function here, called by both training and inference:
 
 * Everything runs in ``channels_last`` memory (NHWC), where oneDNN's 1x1 and
@@ -14,15 +15,15 @@ one function here, called by both training and inference:
   against 1.8 ms for ``conv2d``'s input gradient and 1.1 ms for slice copies.
 * BatchNorm: the module itself in train mode (batch statistics, running-statistics
   updates exactly as ``nn.BatchNorm2d``), folded into its 1x1 conv in eval mode.
-* :func:`window_order`: the cyclic roll and the window partition of a channel group
-  are one ``index_select`` with a precomputed pixel order; the inverse is one
-  ``index_copy_`` into the output of all groups (no ``torch.roll``, no ``torch.cat``);
-  autograd turns them into the scatter / gather of the backward.
-* :func:`window_attention`: ``softmax(Q Q^T) V`` per window, by the fastest kernel of
-  the device (see there). A sharing GMSA recomputes the attention from the previous
-  GMSA's *queries* instead of storing the (ws^2 x ws^2) maps; gradients reach the
-  queries from both layers, as they reach the maps in the reference.
-* Residual additions and the ReLU are in place on tensors autograd does not save.
+* :func:`pixels_to_windows` / :func:`windows_to_pixels`: the cyclic roll and the window
+  partition of a channel group are one ``index_select`` with a precomputed pixel order
+  (:func:`window_order`); the inverse is one ``index_copy_`` into the output of all groups
+  (no ``torch.roll``, no ``torch.cat``); each is the other's backward.
+* :func:`window_attention`: ``softmax(Q Q^T) V`` per window, by the kernel measured fastest
+  (see :func:`_materialise_maps`): materialised maps, which a sharing GMSA reuses as the
+  reference does, or SDPA's fused kernel, where a sharing GMSA recomputes the attention from
+  the computing GMSA's queries (gradients reach the queries from both layers).
+* Without autograd, residual additions and the ReLU are in place.
 
 The functions read the modules' own parameters and buffers, so the state_dict, the
 parameter count and checkpoints are those of the module tree.
@@ -38,9 +39,6 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:  # the arch module imports this one
     from .elan_arch import ELAB, ELAN, GMSA, LFE, ShiftConv2d
-
-#: Head sizes the fused CUDA attention kernels accept: q and v are zero-padded to a multiple of this.
-CUDA_HEAD_MULTIPLE = 8
 
 
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[Tensor, Tensor]:
@@ -197,21 +195,18 @@ def windows_to_pixels(groups: List[Tensor], orders: List[Tensor]) -> Tensor:
     return _ScatterWindows.apply(tuple(orders), tuple(g.shape[-1] for g in groups), *groups)
 
 
-def _pad_last(t: Tensor, multiple: int) -> Tensor:
-    extra = -t.shape[-1] % multiple
-    return F.pad(t, (0, extra)) if extra else t
-
-
 def _materialise_maps(q: Tensor) -> bool:
     """Whether attention maps are materialised (and shared as maps) rather than computed by
-    ``scaled_dot_product_attention`` (and shared as queries).
+    ``scaled_dot_product_attention`` (and shared as queries, recomputed by the sharing GMSA).
 
-    Measured on the 2-core CPU: in training the bmm form with maps reused by the sharing GMSA
-    beats SDPA's flash kernel, whose CPU backward is slow, by 10-15% per training step; in
-    inference SDPA (and recomputing in the sharing GMSA) is faster. On CUDA the fused kernels
-    win both ways and never write the maps to memory.
+    Measured: on the 2-core CPU, training with maps beats SDPA's flash kernel (whose CPU backward
+    is slow) and inference with SDPA beats maps. On CUDA, SDPA's fused kernels need head sizes
+    that ELAN lacks (20 in ELAN-light, 60 in ELAN); zero-padding q and v to a multiple of 8 gets
+    them accepted, but they were slower than maps on an H200 (ELAN-light x4, 480x640, float16:
+    71 against 42 ms; training steps of the paper recipes 10-25% slower), as the math fallback
+    was before: their tiles are far longer than ELAN's 16- and 64-token windows.
     """
-    return not q.is_cuda and (torch.is_grad_enabled() or q.dtype == torch.float16)
+    return q.is_cuda or torch.is_grad_enabled() or q.dtype == torch.float16
 
 
 class SharedAttention(NamedTuple):
@@ -236,11 +231,8 @@ def window_attention(v: Tensor, q: Optional[Tensor] = None,
 
     * Materialised maps: two ``bmm`` around a softmax; float16 logits and softmax in float32
       (ELAN's unscaled logits overflow float16).
-    * CPU otherwise: ``scaled_dot_product_attention(q, q, v, scale=1)``, a fused kernel.
-    * CUDA: the same call with q and v zero-padded to a multiple of
-      :data:`CUDA_HEAD_MULTIPLE` channels: zero channels add nothing to ``q q^T``, and
-      ELAN's head sizes (20 in ELAN-light, 60 in ELAN) are then accepted by the fused
-      flash / memory-efficient kernels, which keep the logits in float32 registers.
+    * Otherwise (CPU inference): ``scaled_dot_product_attention(q, q, v, scale=1)``, a fused
+      kernel that never writes the maps.
     """
     if shared is not None:
         if shared.maps is not None:
@@ -251,10 +243,6 @@ def window_attention(v: Tensor, q: Optional[Tensor] = None,
         qf = q.float() if q.dtype == torch.float16 else q
         maps = torch.bmm(qf, qf.transpose(1, 2)).softmax(dim=-1)
         return torch.bmm(maps.to(v.dtype), v), SharedAttention(maps, None)
-    if q.is_cuda:
-        cv = v.shape[-1]
-        qp, vp = _pad_last(q, CUDA_HEAD_MULTIPLE), _pad_last(v, CUDA_HEAD_MULTIPLE)
-        return F.scaled_dot_product_attention(qp, qp, vp, scale=1.0)[..., :cv], SharedAttention(None, q)
     return F.scaled_dot_product_attention(q, q, v, scale=1.0), SharedAttention(None, q)
 
 
