@@ -70,3 +70,30 @@ def test_swinir_adapter_runs_basicsr_swinir_in_half_dtype():
         half = net.to(torch.bfloat16)(x)
     assert half.dtype == torch.bfloat16 and half.shape == (1, 3, 48, 80)
     assert (half.float() - full).abs().max() < 0.1
+
+
+def test_bench_train_table_and_loader(tmp_path, capsys, monkeypatch):
+    from helpers_train import TRAIN_OPT, demo_root
+
+    monkeypatch.chdir(demo_root(tmp_path / 'demo'))  # the option file's dataroots are relative
+    args = ['bench', '--train', '--batch', '2', '--patch', '16', '--runs', '2', '--warmup', '1', '--models',
+            'elan-light', 'elan-light-ref', 'swinir-light', '--opt', TRAIN_OPT, '--loader-batches', '3',
+            '--output-dir', str(tmp_path / 'out'), '--quiet']
+    assert main(args) == 0
+    table = (tmp_path / 'out' / 'bench_train_cpu_x4_b2_p16.md').read_text()
+    assert table in capsys.readouterr().out
+    rows = {m.group(1): m.group(2).split(' | ') for m in re.finditer(r'^\| ([^|]+) \| (.+) \|$', table, re.M)}
+    assert rows['ELAN-light'][0] == rows['ELAN-light (reference path)'][0] == '601,488'
+    step = float(rows['ELAN-light'][1].split()[0])
+    assert step > 0 and float(rows['ELAN-light'][2]) == pytest.approx(2 / (step / 1e3), rel=0.02)
+    ratio = float(rows['ELAN-light'][3].rstrip('x'))
+    ref_step = float(rows['ELAN-light (reference path)'][1].split()[0])
+    assert ratio == pytest.approx(ref_step / step, rel=0.02) and rows['SwinIR-light'][3] == 'n/a'
+    loader = re.search(r'Data loader \(demo, HR patch 128, batch 8, 1 workers, 3 batches\): \*\*([\d.]+) samples/s',
+                       table)
+    assert loader and float(loader.group(1)) > 0
+
+
+def test_bench_train_refuses_a_missing_option_file(tmp_path, capsys):
+    assert main(['bench', '--train', '--opt', str(tmp_path / 'nope.yml'), '--output-dir', str(tmp_path)]) == 2
+    assert 'nope.yml: no such option file' in capsys.readouterr().err

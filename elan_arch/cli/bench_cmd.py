@@ -27,13 +27,17 @@ MODELS: Dict[str, str] = {
     'elan-light': 'ELAN-light',
     'elan-light-ref': 'ELAN-light (reference path)',
     'elan': 'ELAN',
+    'elan-ref': 'ELAN (reference path)',
     'elan-light-onnx': 'ELAN-light (onnxruntime)',
     'swinir-light': 'SwinIR-light',
     'edsr': 'EDSR-baseline',
 }
 BASELINE = 'swinir-light'
-#: Measured only when named in ``--models`` (they need an extra, ``pip install 'elan-arch[onnx]'``).
-OPTIONAL_MODELS = ('elan-light-onnx',)
+#: Measured only when named in ``--models``: the ONNX export needs an extra (``pip install 'elan-arch[onnx]'``),
+#: ELAN's reference arithmetic is slow to wait for.
+OPTIONAL_MODELS = ('elan-light-onnx', 'elan-ref')
+#: ``--train``'s default models.
+TRAIN_MODELS = ['elan-light', 'elan-light-ref', 'elan', 'elan-ref', 'swinir-light']
 
 
 @dataclass
@@ -66,8 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--scale', type=int, default=4, help='upscale factor (default: 4)')
     parser.add_argument('--size', default='176x320', help='LR input HxW (default: 176x320, i.e. 704x1280 output at x4)')
     parser.add_argument('--models', nargs='+', choices=list(MODELS),
-                        default=[k for k in MODELS if k not in OPTIONAL_MODELS], help=f'models to measure (default: all but {", ".join(OPTIONAL_MODELS)}: the ONNX export of '
-                        'ELAN-light run by onnxruntime, CPU float32 only)')
+                        help=f'models to measure (default: all but {", ".join(OPTIONAL_MODELS)}: the ONNX export of '
+                        'ELAN-light run by onnxruntime, CPU float32 only, and ELAN\'s reference arithmetic; '
+                        f'with --train: {", ".join(TRAIN_MODELS)})')
     add_device_options(parser, 'cpu', 'torch.compile every model first')
     parser.add_argument('--threads', type=int, help='CPU threads (torch.set_num_threads; default: torch\'s)')
     parser.add_argument('--runs', type=int, default=5, help='timed forwards per model (default: 5)')
@@ -75,6 +80,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--output-dir', type=Path, default=Path('bench_results'),
                         help='where bench_<device>_x<scale>_<size>.md/.png go (default: bench_results)')
     parser.add_argument('--force', action='store_true', help='replace existing result files')
+    train = parser.add_argument_group('training steps (--train)')
+    train.add_argument('--train', action='store_true',
+                       help='time training steps (forward, L1, backward, Adam) instead of inference')
+    train.add_argument('--batch', type=int, default=8, help='training batch (default: 8, the demo\'s)')
+    train.add_argument('--patch', type=int, default=32, help='LR patch size (default: 32, the demo\'s)')
+    train.add_argument('--amp', choices=['bf16', 'fp16'], help='forward under autocast (as train.amp)')
+    train.add_argument('--opt', type=Path, help='also measure the data loader of this option file\'s training set')
+    train.add_argument('--loader-batches', type=int, default=20, help='batches the loader is timed on (default: 20)')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     parser.set_defaults(func=run)
 
@@ -106,8 +119,8 @@ def build_model(key: str, scale: int):
 
         net = OnnxRuntimeModule(ELAN(upscale=scale, **ELAN_VARIANTS['ELAN-light']).eval())
     elif key.startswith('elan'):
-        net = ELAN(upscale=scale, **ELAN_VARIANTS['ELAN' if key == 'elan' else 'ELAN-light'])
-        net.fast_inference = key != 'elan-light-ref'
+        net = ELAN(upscale=scale, **ELAN_VARIANTS['ELAN-light' if key.startswith('elan-light') else 'ELAN'])
+        net.fast_inference = net.fast_training = not key.endswith('-ref')
     elif key == 'swinir-light':
         net = PadToMultiple(SwinIR(upscale=scale, in_chans=3, img_size=64, window_size=8, img_range=1.,
                                    depths=[6, 6, 6, 6], embed_dim=60, num_heads=[6, 6, 6, 6], mlp_ratio=2,
@@ -249,6 +262,37 @@ def bar_chart(results: List[Result], title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def run_training(args: argparse.Namespace, device, where: str) -> int:
+    """``elan bench --train``: training-step table (and the loader's samples/s with ``--opt``)."""
+    from .. import bench_train
+    from ..fileio import atomic_path, check_output_free
+
+    if args.batch < 1 or args.patch < 1:
+        raise ElanError('--batch and --patch must be positive')
+    keys = args.models or TRAIN_MODELS
+    if 'elan-light-onnx' in keys:
+        raise ElanError('--train: elan-light-onnx has no training step')
+    md_path = args.output_dir / f'bench_train_{device.type}{"_" + args.amp if args.amp else ""}_x{args.scale}_b{args.batch}_p{args.patch}.md'
+    check_output_free(md_path, args.force)
+    amp = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(args.amp)
+    loader = bench_train.loader_throughput(args.opt, args.loader_batches, not args.quiet) if args.opt else None
+    models = {key: build_model(key, args.scale) for key in keys}
+    results = bench_train.measure_training(models, {k: MODELS[k] for k in keys}, args.batch, args.patch,
+                                           args.scale, device, amp, args.runs, args.warmup, not args.quiet)
+    setup = (f'Training step (forward, L1, backward, Adam) at x{args.scale}, batch {args.batch} of {args.patch}x{args.patch} '
+             f'LR patches, {where}, {args.amp or "float32"}; median of {args.runs} steps after {args.warmup} warm-up, '
+             f'models interleaved; torch {torch.__version__}; command: `elan bench --train --device {args.device} '
+             f'--batch {args.batch} --patch {args.patch}{" --amp " + args.amp if args.amp else ""}'
+             f'{f" --threads {args.threads}" if args.threads else ""} --runs {args.runs} --warmup {args.warmup}'
+             f'{f" --opt {args.opt}" if args.opt else ""}`')
+    table = bench_train.markdown_training(results, args.batch, setup, loader)
+    print(table)
+    with atomic_path(md_path, overwrite=args.force) as tmp:
+        tmp.write_text(table)
+    print(f'wrote {md_path}')
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -261,14 +305,17 @@ def run(args: argparse.Namespace) -> int:
     device, dtype = select_device(args.device, args.half)
     if args.threads:
         torch.set_num_threads(args.threads)
-    stem = f'bench_{device.type}{"_half" if args.half else ""}_x{args.scale}_{size[0]}x{size[1]}'
-    md_path, png_path = args.output_dir / f'{stem}.md', args.output_dir / f'{stem}.png'
-    for path in (md_path, png_path):
-        check_output_free(path, args.force)
     if device.type == 'cuda':
         where = torch.cuda.get_device_name(device)
     else:
         where = f'CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads'
+    if args.train:
+        return run_training(args, device, where)
+    args.models = args.models or [key for key in MODELS if key not in OPTIONAL_MODELS]
+    stem = f'bench_{device.type}{"_half" if args.half else ""}_x{args.scale}_{size[0]}x{size[1]}'
+    md_path, png_path = args.output_dir / f'{stem}.md', args.output_dir / f'{stem}.png'
+    for path in (md_path, png_path):
+        check_output_free(path, args.force)
     setup = (f'x{args.scale}, LR input {size[0]}x{size[1]}, batch 1, {where}, '
              f'{"float16" if args.half else "float32"}{", torch.compile" if args.compile else ""}; '
              f'median of {args.runs} runs after {args.warmup} warm-up; torch {torch.__version__}; '

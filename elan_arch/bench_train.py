@@ -1,0 +1,126 @@
+"""``elan bench --train``: training-step speed of ELAN (fast path and reference arithmetic) next to
+SwinIR-light, and the data loader's speed for an option file's training set.
+
+One training step is what ``ELANModel.optimize_parameters`` does: forward (under autocast with
+``--amp``), L1 loss, backward, Adam step. The models are timed round-robin, the median of
+``--runs`` steps after ``--warmup`` ones, so that background load affects them alike.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ElanError
+
+
+@dataclass
+class TrainResult:
+    """Step times (s) of one model."""
+    key: str
+    name: str
+    params: int
+    times: List[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+
+def make_step(net: torch.nn.Module, batch: int, patch: int, scale: int, device: torch.device,
+              amp: Optional[torch.dtype]) -> Callable[[], None]:
+    """A closure running one training step of ``net`` on a fixed random batch of LR ``patch`` crops."""
+    gen = torch.Generator().manual_seed(0)
+    lq = torch.rand(batch, 3, patch, patch, generator=gen).to(device)
+    gt = torch.rand(batch, 3, patch * scale, patch * scale, generator=gen).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=2e-4)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            out = net(lq)
+        F.l1_loss(out.float(), gt).mul(255.).backward()
+        optimizer.step()
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+
+    return step
+
+
+def measure_training(models: Dict[str, torch.nn.Module], names: Dict[str, str], batch: int, patch: int,
+                     scale: int, device: torch.device, amp: Optional[torch.dtype], runs: int, warmup: int,
+                     progress: bool) -> List[TrainResult]:
+    """Median training-step time of every model, interleaved round by round."""
+    from tqdm import tqdm
+
+    steps, results = {}, []
+    for key, net in models.items():
+        net.to(device).train()
+        steps[key] = make_step(net, batch, patch, scale, device, amp)
+        results.append(TrainResult(key, names[key], sum(p.numel() for p in net.parameters() if p.requires_grad), []))
+    with tqdm(total=len(models) * (warmup + runs), unit='step', disable=not progress, desc='training steps') as bar:
+        for round_ in range(warmup + runs):
+            for result in results:
+                start = time.perf_counter()
+                steps[result.key]()
+                if round_ >= warmup:
+                    result.times.append(time.perf_counter() - start)
+                bar.update()
+    return results
+
+
+def loader_throughput(option_file: Path, batches: int, progress: bool) -> Dict[str, Any]:
+    """Samples/s of the training set of ``option_file`` through BasicSR's dataset and a DataLoader with the
+    option file's batch size and workers (first batch, which starts the workers, not counted)."""
+    import yaml
+    from tqdm import tqdm
+
+    from basicsr.data import build_dataset
+
+    if not option_file.is_file():
+        raise ElanError(f'--opt {option_file}: no such option file')
+    with open(option_file, encoding='utf-8') as handle:
+        opt = yaml.safe_load(handle)
+    try:
+        train_opt = dict(opt['datasets']['train'], phase='train', scale=opt['scale'])
+    except (KeyError, TypeError):
+        raise ElanError(f'{option_file}: no datasets.train section (and top-level scale)') from None
+    dataset = build_dataset(train_opt)
+    batch, workers = int(train_opt['batch_size_per_gpu']), int(train_opt.get('num_worker_per_gpu', 0))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
+                                         drop_last=True, persistent_workers=False)
+    if len(loader) < 2:
+        raise ElanError(f'{option_file}: the training set has fewer than 2 batches of {batch}')
+    batches = min(batches, len(loader) - 1)
+    iterator = iter(loader)
+    next(iterator)
+    start = time.perf_counter()
+    for _ in tqdm(range(batches), unit='batch', disable=not progress, desc='data loader'):
+        next(iterator)
+    seconds = time.perf_counter() - start
+    del iterator
+    return {'samples_per_s': batches * batch / seconds, 'batch': batch, 'workers': workers, 'batches': batches,
+            'gt_size': train_opt.get('gt_size'), 'name': train_opt.get('name')}
+
+
+def markdown_training(results: List[TrainResult], batch: int, setup: str,
+                      loader: Optional[Dict[str, Any]]) -> str:
+    """The results as a markdown table, with the loader's throughput under it."""
+    by_key = {r.key: r for r in results}
+    lines = [setup, '', '| model | trainable params | step (ms, median) | samples/s | speed-up vs its reference arithmetic |',
+             '|---|---:|---:|---:|---:|']
+    for r in results:
+        ref = by_key.get(f'{r.key}-ref')
+        ratio = f'{ref.median / r.median:.2f}x' if ref is not None else 'n/a'
+        lines.append(f'| {r.name} | {r.params:,} | {r.median * 1e3:.0f} (min {min(r.times) * 1e3:.0f}) | '
+                     f'{batch / r.median:.1f} | {ratio} |')
+    if loader:
+        lines += ['', f'Data loader ({loader["name"]}, HR patch {loader["gt_size"]}, batch {loader["batch"]}, '
+                  f'{loader["workers"]} workers, {loader["batches"]} batches): '
+                  f'**{loader["samples_per_s"]:.1f} samples/s**']
+    return '\n'.join(lines) + '\n'
