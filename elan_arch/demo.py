@@ -5,7 +5,10 @@
    with a progress bar; ``--iters N`` changes the iteration budget (and the cosine period);
 3. ``basicsr test -opt options/test_ELAN_light_x4_demo.yml`` on the held-out photos;
 4. Y-channel PSNR / SSIM (border 4, BasicSR's metrics) of ELAN's images and of MATLAB-bicubic
-   upscaling of the same LR images, per photo and on average.
+   upscaling of the same LR images, per photo and on average;
+5. pictures in ``results/<test name>/``: per photo the same crop of bicubic, ELAN and the original
+   side by side (``compare_<photo>.png``), and the validation PSNR over the iterations against the
+   bicubic line (``validation_psnr.png``).
 
 Exit status 0 when ELAN beats bicubic in average PSNR, 1 when it does not, 2 on errors.
 Run it from the repository root (it reads ``options/`` and writes ``datasets/``, ``experiments/``,
@@ -69,19 +72,16 @@ def run_logged(argv: Sequence[str], total_iters: Optional[int] = None) -> None:
         raise ElanError(f'`basicsr {" ".join(argv)}` failed with exit status {proc.returncode} (output above)')
 
 
-def compare_with_bicubic(gt_dir: Path, lq_dir: Path, sr_dir: Path, suffix: str, scale: int) -> Dict[str, dict]:
-    """Per-image Y-channel PSNR/SSIM (border ``scale``) of ELAN's SR images and of bicubic on the same LR.
-
-    ``sr_dir/<name>_<suffix>.png`` are the images ``basicsr test`` saved; bicubic is MATLAB's
-    (``basicsr.utils.matlab_functions.imresize``), rounded to uint8 like the SR images.
-    """
+def load_images(gt_dir: Path, lq_dir: Path, sr_dir: Path, suffix: str, scale: int) -> Dict[str, dict]:
+    """Per held-out photo: the original, MATLAB-bicubic upscaling of its LR image
+    (``basicsr.utils.matlab_functions.imresize``, rounded to uint8 like the SR images) and ELAN's SR image
+    (``sr_dir/<name>_<suffix>.png``, as ``basicsr test`` saved it); BGR uint8 arrays."""
     import cv2
     import numpy as np
 
-    from basicsr.metrics import calculate_psnr, calculate_ssim
     from basicsr.utils.matlab_functions import imresize
 
-    results = {}
+    images = {}
     for gt_path in sorted(gt_dir.glob('*.png')):
         gt = cv2.imread(str(gt_path), cv2.IMREAD_COLOR)
         lq = cv2.imread(str(lq_dir / gt_path.name), cv2.IMREAD_COLOR)
@@ -89,14 +89,46 @@ def compare_with_bicubic(gt_dir: Path, lq_dir: Path, sr_dir: Path, suffix: str, 
         if lq is None or sr is None:
             raise ElanError(f'missing {lq_dir / gt_path.name} or the SR image of {gt_path.name} in {sr_dir}')
         bicubic = np.clip(np.round(imresize(lq.astype(np.float64) / 255., scale) * 255.), 0, 255).astype(np.uint8)
-        results[gt_path.stem] = {
-            method: (calculate_psnr(img, gt, scale, test_y_channel=True),
-                     calculate_ssim(img, gt, scale, test_y_channel=True))
-            for method, img in (('bicubic', bicubic), ('ELAN', sr))
-        }
-    if not results:
+        images[gt_path.stem] = {'bicubic': bicubic, 'ELAN': sr, 'original': gt}
+    if not images:
         raise ElanError(f'no PNG images in {gt_dir}')
-    return results
+    return images
+
+
+def compare_with_bicubic(images: Dict[str, dict], scale: int) -> Dict[str, dict]:
+    """Per-image Y-channel PSNR/SSIM (border ``scale``, BasicSR's metrics) of bicubic and ELAN."""
+    from basicsr.metrics import calculate_psnr, calculate_ssim
+
+    return {name: {method: (calculate_psnr(imgs[method], imgs['original'], scale, test_y_channel=True),
+                            calculate_ssim(imgs[method], imgs['original'], scale, test_y_channel=True))
+                   for method in ('bicubic', 'ELAN')}
+            for name, imgs in images.items()}
+
+
+def write_pictures(images: Dict[str, dict], results: Dict[str, dict], train_opt: dict, iters: int,
+                   out_dir: Path) -> List[Path]:
+    """Side-by-side crops per photo and the validation PSNR curve of the newest training log, in
+    ``out_dir``; returns the paths written (the curve is skipped, with a note, if the log does not
+    hold one validation result per expected validation)."""
+    from .demo_report import comparison_image, validation_curve, validation_psnrs
+
+    written = []
+    for name, imgs in images.items():
+        labels = {m: f'{m} {results[name][m][0]:.2f} dB' for m in ('bicubic', 'ELAN')}
+        written.append(comparison_image([(labels['bicubic'], imgs['bicubic']), (labels['ELAN'], imgs['ELAN']),
+                                         ('original', imgs['original'])], out_dir / f'compare_{name}.png'))
+    logs = sorted(Path('experiments', train_opt['name']).glob('train_*.log'), key=lambda p: p.stat().st_mtime)
+    val_freq = int(float(train_opt['val']['val_freq']))
+    checkpoints = list(range(val_freq, iters + 1, val_freq)) + [iters]  # basicsr validates at the end too
+    psnrs = validation_psnrs(logs[-1]) if logs else []
+    if len(psnrs) == len(checkpoints):
+        bicubic = sum(r['bicubic'][0] for r in results.values()) / len(results)
+        written.append(validation_curve(checkpoints, psnrs, bicubic, out_dir / 'validation_psnr.png',
+                                        f'ELAN-light x4 on the held-out photos ({iters} iterations)'))
+    else:
+        print(f'(no PSNR curve: {len(psnrs)} validation results in the newest training log, '
+              f'{len(checkpoints)} expected)')
+    return written
 
 
 def format_table(results: Dict[str, dict]) -> str:
@@ -134,9 +166,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         run_logged(['train', '-opt', TRAIN_OPT, '--force_yml', *overrides], total_iters=iters)
         run_logged(['test', '-opt', TEST_OPT])
         test_set = test_opt['datasets']['test_1']
-        results = compare_with_bicubic(Path(test_set['dataroot_gt']), Path(test_set['dataroot_lq']),
-                                       Path('results', test_opt['name'], 'visualization', test_set['name']),
-                                       test_opt['name'], int(test_opt['scale']))
+        images = load_images(Path(test_set['dataroot_gt']), Path(test_set['dataroot_lq']),
+                             Path('results', test_opt['name'], 'visualization', test_set['name']),
+                             test_opt['name'], int(test_opt['scale']))
+        results = compare_with_bicubic(images, int(test_opt['scale']))
+        pictures = write_pictures(images, results, train_opt, iters, Path('results', test_opt['name']))
     except ElanError as err:
         print(f'demo: error: {err}', file=sys.stderr)
         return 2
@@ -148,6 +182,7 @@ def main(argv: Optional[List[str]] = None) -> int:
           f'(Y channel, border 4; {time.perf_counter() - start:.0f} s in all):\n{format_table(results)}')
     gain = sum(r['ELAN'][0] - r['bicubic'][0] for r in results.values()) / len(results)
     print(f'\nELAN {"beats" if gain > 0 else "does NOT beat"} bicubic by {gain:+.2f} dB average PSNR.')
+    print('Pictures: ' + ', '.join(str(p) for p in pictures))
     return 0 if gain > 0 else 1
 
 

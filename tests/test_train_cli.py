@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from elan_arch.cli import basicsr_cmd
-from elan_arch.demo import compare_with_bicubic
+from elan_arch.demo import compare_with_bicubic, load_images
 from helpers_train import TEST_OPT, TRAIN_OPT, demo_root, ok, run_python
 
 # The real ELAN-light of the demo option, on small batches so that a few iterations take seconds.
@@ -89,7 +89,7 @@ def test_basicsr_test_scores_match_the_demo_comparison(workdir, trained):
     assert sorted(p.name for p in out.glob('*.png')) == ['chelsea_test_ELAN_light_x4_demo.png',
                                                         'motorcycle_left_test_ELAN_light_x4_demo.png']
     val = workdir / 'datasets' / 'demo' / 'val'
-    results = compare_with_bicubic(val / 'GTmod12', val / 'LRbicx4', out, 'test_ELAN_light_x4_demo', 4)
+    results = compare_with_bicubic(load_images(val / 'GTmod12', val / 'LRbicx4', out, 'test_ELAN_light_x4_demo', 4), 4)
     elan = sum(r['ELAN'][0] for r in results.values()) / len(results)
     bicubic = sum(r['bicubic'][0] for r in results.values()) / len(results)
     assert elan == pytest.approx(logged, abs=1e-4)  # same images, same metric as basicsr test

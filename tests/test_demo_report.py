@@ -1,0 +1,68 @@
+"""The demo's pictures: crops side by side, the validation PSNR curve, and what main() writes from them."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+import elan_arch  # noqa: F401  (before basicsr)
+from elan_arch.demo import write_pictures
+from elan_arch.demo_report import comparison_image, detailed_crop, validation_curve, validation_psnrs
+from elan_arch.errors import ElanError
+
+
+def test_detailed_crop_finds_the_textured_region():
+    img = np.zeros((100, 120), np.uint8)
+    img[60:90, 20:50] = np.random.default_rng(0).integers(0, 255, (30, 30))
+    top, left = detailed_crop(img, 30)
+    assert abs(top - 60) <= 1 and abs(left - 20) <= 1
+    assert detailed_crop(img, 200) == (0, 0)  # larger than the image
+
+
+def test_comparison_image_layout(tmp_path):
+    photo = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
+    blurred = cv2.GaussianBlur(photo, (9, 9), 3)
+    out = comparison_image([('bicubic 25.00 dB', blurred), ('ELAN 26.00 dB', photo), ('original', photo)],
+                           tmp_path / 'compare.png', crop=100, zoom=2)
+    img = cv2.imread(str(out))
+    assert img.shape == (200 + 34, 3 * 200 + 2 * 6, 3)
+    left, middle = img[:200, :200].astype(int), img[:200, 206:406].astype(int)
+    assert np.abs(left - middle).mean() > 2  # the blurred crop differs from the sharp one
+    assert np.array_equal(middle, img[:200, 412:612])  # same crop of identical images
+    assert img[200:, :200].min() < 100  # a dark label on the white caption
+    with pytest.raises(ElanError, match='differ in size'):
+        comparison_image([('a', photo), ('b', photo[:10])], tmp_path / 'bad.png')
+    assert not (tmp_path / 'bad.png').exists()
+
+
+def test_validation_curve_from_a_basicsr_log(tmp_path):
+    log = tmp_path / 'train.log'
+    log.write_text('INFO: Validation demo_val\n\t # psnr: 27.1000\tBest: 27.1000 @ 100 iter\n'
+                   '\t # ssim: 0.7000\tBest: 0.7000 @ 100 iter\nINFO: Validation demo_val\n'
+                   '\t # psnr: 28.2500\tBest: 28.2500 @ 200 iter\n')
+    assert validation_psnrs(log) == [27.1, 28.25]
+    out = validation_curve([100, 200], [27.1, 28.25], 28.0, tmp_path / 'curve.png', 'test')
+    img = cv2.imread(str(out))
+    assert img is not None and img.shape[1] > 400 and img.std() > 5
+    with pytest.raises(ElanError, match='2 validation results for 3 validations'):
+        validation_curve([1, 2, 3], [27.1, 28.25], 28.0, tmp_path / 'bad.png', 'test')
+    with pytest.raises(ElanError, match='no such training log'):
+        validation_psnrs(tmp_path / 'missing.log')
+
+
+def test_write_pictures_names_and_curve(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    photo = cv2.cvtColor(skimage.data.chelsea(), cv2.COLOR_RGB2BGR)
+    images = {'chelsea': {'bicubic': cv2.GaussianBlur(photo, (5, 5), 2), 'ELAN': photo, 'original': photo}}
+    results = {'chelsea': {'bicubic': (25.0, 0.7), 'ELAN': (26.5, 0.8)}}
+    opt = {'name': 'demo_exp', 'val': {'val_freq': 100}}
+    (tmp_path / 'experiments' / 'demo_exp').mkdir(parents=True)
+    log = tmp_path / 'experiments' / 'demo_exp' / 'train_demo_exp_20261127.log'
+    log.write_text(''.join(f'# psnr: {p}\tBest\n' for p in (26.0, 26.3, 26.4)))  # 100, 200 and the end (250)
+    written = write_pictures(images, results, opt, 250, tmp_path / 'out')
+    assert [p.name for p in written] == ['compare_chelsea.png', 'validation_psnr.png']
+    assert all(cv2.imread(str(p)) is not None for p in written)
+    log.write_text('# psnr: 26.0\tBest\n')  # an interrupted run: no curve, a note instead
+    written = write_pictures(images, results, opt, 250, tmp_path / 'out2')
+    assert [p.name for p in written] == ['compare_chelsea.png'] and 'no PSNR curve' in capsys.readouterr().out
