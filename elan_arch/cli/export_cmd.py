@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import ElanError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     import torch
@@ -18,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         'window multiple and the crop are inside the graph, so any size >= 1 pixel works. The attention '
         'logits stay float32 in a --half model. The model is then run with onnxruntime on the CPU against '
         f'PyTorch at input shapes {checks} (batch x H x W, not the traced one); if the largest difference exceeds '
-        f'{TOLERANCE[torch.float32]:g} (float32) or {TOLERANCE[torch.float16]:g} (float16), the '
+        f'--tolerance (default {TOLERANCE[torch.float32]:g} for float32, {TOLERANCE[torch.float16]:g} for float16), the '
         'command fails with the measured difference and writes nothing. OUT is written atomically.')
     parser.add_argument('weights', help='ELAN checkpoint (.pth/.pt/.safetensors)')
     parser.add_argument('out', help='ONNX model to write (.onnx)')
@@ -31,6 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         'or what the file records)')
     parser.add_argument('--img-range', type=float, help='override the inferred pixel range (1 for traiNNer-redux '
                         'norm: true weights)')
+    parser.add_argument('--tolerance', type=float, metavar='D',
+                        help='largest accepted max |onnxruntime - PyTorch| on [0, 1] outputs (default: '
+                        f'{TOLERANCE[torch.float32]:g}, with --half {TOLERANCE[torch.float16]:g}: float16 rounding through '
+                        'full ELAN\'s 36 blocks alone reaches a few 1e-3)')
     parser.add_argument('--force', action='store_true', help='replace OUT if it exists')
     parser.add_argument('--unsafe-load', action='store_true',
                         help='unpickle arbitrary Python objects in WEIGHTS (only for files you trust)')
@@ -42,11 +48,13 @@ def run(args: argparse.Namespace) -> int:
     from ..export_onnx import export_onnx
     from ..fileio import check_output_free
 
+    if args.tolerance is not None and not args.tolerance >= 0:
+        raise ElanError(f'--tolerance {args.tolerance}: must be >= 0')
     check_output_free(args.out, args.force)  # before the export's work
     net, config, source = load_checkpoint(args.weights, unsafe=args.unsafe_load, window_sizes=args.window_sizes,
                                           img_range=args.img_range)
     print(f'exporting {args.weights} ({source} checkpoint) to ONNX...', flush=True)
     result = export_onnx(net, args.out, config, half=args.half, opset=args.opset, dynamo=args.dynamo,
-                         overwrite=args.force)
+                         overwrite=args.force, tolerance=args.tolerance)
     print(f'wrote {result.summary()}')
     return 0
