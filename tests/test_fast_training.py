@@ -217,3 +217,9 @@ def test_window_gather_and_scatter_are_inverse_permutations(device_type):
     assert torch.equal(back, x)
     assert torch.autograd.gradcheck(lambda t: elan_fast.windows_to_pixels(
         list(elan_fast.pixels_to_windows(t, orders, [3, 4, 2])), orders) * 2, (x,))
+
+
+def test_training_path_compiles_without_graph_breaks():
+    net = ELAN(upscale=2, c_elan=15, m_elan=4, window_sizes=[2, 4, 8]).train()
+    explanation = torch._dynamo.explain(lambda x: net(x).sum())(torch.rand(2, 3, 16, 16))
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons

@@ -185,13 +185,20 @@ def pixels_to_windows(x: Tensor, orders: List[Tensor], widths: List[int]) -> Tup
     order ``orders[i]`` (:func:`window_order`: roll + window partition): (B, HW, c_i) each.
 
     The pixel orders are permutations, so the backward is the exact inverse,
-    :func:`windows_to_pixels` (``index_copy_``, no zero-filled scatter-add)."""
+    :func:`windows_to_pixels` (``index_copy_``, no zero-filled scatter-add). Under ``torch.compile``
+    (whose tracer breaks the graph at these multi-output functions) the plain gathers are traced
+    and the compiler derives the backward."""
+    if torch.compiler.is_compiling():
+        return _gather(x, tuple(orders), tuple(widths))
     return _GatherWindows.apply(x, tuple(orders), tuple(widths))
 
 
 def windows_to_pixels(groups: List[Tensor], orders: List[Tensor]) -> Tensor:
     """The inverse of :func:`pixels_to_windows`: (B, HW, c_i) each -> (B, HW, sum c_i), one
-    preallocated output that every group is ``index_copy_``-ed into (no ``torch.cat``)."""
+    preallocated output that every group is ``index_copy_``-ed into (no ``torch.cat``). Under
+    ``torch.compile``: the gathers by the inverse orders, concatenated, for the compiler to fuse."""
+    if torch.compiler.is_compiling():
+        return torch.cat([g.index_select(1, torch.argsort(order)) for g, order in zip(groups, orders)], dim=-1)
     return _ScatterWindows.apply(tuple(orders), tuple(g.shape[-1] for g in groups), *groups)
 
 
