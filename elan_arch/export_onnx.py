@@ -11,8 +11,8 @@ Differences from :meth:`ELAN.forward`, none of which changes the function:
   graph (periodic reflection, which is what :func:`~elan_arch.archs.elan_arch.pad_to_multiple`'s
   repeated reflections give), instead of a Python loop over shapes that a trace would freeze.
 * The module tree's reference arithmetic (no ``channels_last``/fused-attention fast path).
-* Attention logits and softmax in float32 even in a float16 model: ELAN's logits are
-  unscaled and overflow float16.
+* Attention (logits, softmax, maps times values) in float32 even in a float16 model
+  (:func:`attention_in_float32`): ELAN's logits are unscaled and overflow float16.
 
 Exporters: the TorchScript-based ``torch.onnx.export(dynamo=False)`` by default (PyTorch
 deprecates it, but it exports ELAN-light in seconds where the ``torch.export``-based one
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .archs.elan_arch import ELAN, window_partition, window_reverse
+from .archs.elan_arch import ELAN
 from .checkpoint import variant_name
 from .errors import ElanError
 from .extras import require
@@ -62,32 +62,29 @@ def reflect_indices(size: int, target: int) -> Tensor:
     return torch.where(i >= size, period - i, i)
 
 
-def _attention(q: Tensor, v: Tensor) -> Tensor:
-    """Attention maps ``softmax(q q^T)`` (computed in float32, returned in ``v``'s dtype). (N, L, c) -> (N, L, L)."""
-    q = q.float()
-    return torch.bmm(q, q.transpose(1, 2)).softmax(dim=-1).to(v.dtype)
+class _Cast(nn.Module):
+    """Casts its input to ``dtype`` (a ``Cast`` node in the graph). Shape unchanged."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.to(self.dtype)
 
 
-def _gmsa(m: nn.Module, x: Tensor, prev: Optional[List[Tensor]]) -> Tuple[Tensor, List[Tensor]]:
-    """A :class:`~elan_arch.archs.elan_arch.GMSA` (without the residual) and its attention maps."""
-    b, _, h, w = x.shape
-    ys, maps = [], []
-    for idx, x_ in enumerate(torch.split(m.project_inp(x), m.split_chns, dim=1)):
-        ws = m.window_sizes[idx]
-        if m.shift:
-            x_ = torch.roll(x_, shifts=(-ws // 2, -ws // 2), dims=(2, 3))
-        tokens = window_partition(x_, ws)
-        if prev is None:
-            q, v = tokens.chunk(2, dim=-1)
-            atn = _attention(q, v)
-        else:
-            atn, v = prev[idx], tokens
-        y = window_reverse(torch.bmm(atn, v), ws, b, h, w)
-        if m.shift:
-            y = torch.roll(y, shifts=(ws // 2, ws // 2), dims=(2, 3))
-        ys.append(y)
-        maps.append(atn)
-    return m.project_out(torch.cat(ys, dim=1)), maps
+def attention_in_float32(net: ELAN, dtype: torch.dtype) -> ELAN:
+    """``net`` (already in ``dtype``) with every GMSA's attention computed in float32.
+
+    The outputs of each ``project_inp`` (queries and values) are cast to float32, so logits,
+    softmax, the shared maps and ``maps @ V`` are float32, and ``project_out``'s input is cast
+    back to ``dtype``. The GMSA modules' own forward then does the rest. Returns ``net``.
+    """
+    for block in net.body:
+        for gmsa in block.modules_gmsa.values():
+            gmsa.project_inp.append(_Cast(torch.float32))
+            gmsa.project_out = nn.Sequential(_Cast(dtype), gmsa.project_out)
+    return net
 
 
 class ExportableELAN(nn.Module):
@@ -107,14 +104,7 @@ class ExportableELAN(nn.Module):
         x = x.index_select(2, reflect_indices(h, (h + m - 1) // m * m))
         x = x.index_select(3, reflect_indices(w, (w + m - 1) // m * m))
         feat = net.head(net.sub_mean(x * net.img_range))
-        y = feat
-        for block in net.body:
-            maps = None
-            for lfe, gmsa in zip(block.modules_lfe.values(), block.modules_gmsa.values()):
-                y = lfe(y) + y
-                out, maps = _gmsa(gmsa, y, maps)
-                y = out + y
-        y = net.add_mean(net.tail(y + feat)) / net.img_range
+        y = net.add_mean(net.tail(net.body(feat) + feat)) / net.img_range
         return y[:, :, :h * net.upscale, :w * net.upscale]
 
 
@@ -234,7 +224,7 @@ def export_onnx(net: ELAN, path: PathLike, config: Dict[str, Any], half: bool = 
     require('onnx', 'onnx', 'elan export')
     require('onnxruntime', 'onnx', 'elan export')
     dtype = torch.float16 if half else torch.float32
-    model = ExportableELAN(copy.deepcopy(net).cpu().eval().to(dtype)).eval()
+    model = ExportableELAN(attention_in_float32(copy.deepcopy(net).cpu().eval().to(dtype), dtype)).eval()
     colors = net.head[0].in_channels
     example = torch.rand(TRACE_SHAPE[0], colors, *TRACE_SHAPE[1:], generator=torch.Generator().manual_seed(0))
     metadata = model_metadata(net, config, dtype, 'torch.export (dynamo)' if dynamo else 'TorchScript')

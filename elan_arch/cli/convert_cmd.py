@@ -21,14 +21,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--format', choices=['pth', 'safetensors'], dest='fmt',
                         help='output format (default: safetensors for a .safetensors DST, else pth)')
     parser.add_argument('--scale', type=int, dest='upscale', help='override the inferred upscale factor')
-    parser.add_argument('--window-sizes', type=int, nargs='+', help='attention window sizes (default: 4 8 16)')
+    add_reading_options(parser, 'SRC')
+    parser.add_argument('--force', action='store_true', help='replace DST if it exists')
+    parser.set_defaults(func=run)
+
+
+def add_reading_options(parser: argparse.ArgumentParser, name: str) -> None:
+    """``--window-sizes``, ``--img-range`` and ``--unsafe-load`` for a command that reads checkpoint ``name``."""
+    parser.add_argument('--window-sizes', type=int, nargs='+',
+                        help='attention window sizes (default: what the file records, else 4 8 16)')
     parser.add_argument('--img-range', type=float,
                         help='override the inferred pixel range (reference: 255; 1 for traiNNer-redux\'s norm: true '
                         'weights, which their files do not record)')
-    parser.add_argument('--force', action='store_true', help='replace DST if it exists')
     parser.add_argument('--unsafe-load', action='store_true',
-                        help='unpickle arbitrary Python objects in SRC (only for files you trust)')
-    parser.set_defaults(func=run)
+                        help=f'unpickle arbitrary Python objects in {name} (only for files you trust)')
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     import torch
 
     from ..export_onnx import OPSET, TOLERANCE, VERIFY_SHAPES
+    from .convert_cmd import add_reading_options
 
     checks = ' and '.join('x'.join(map(str, s)) for s in VERIFY_SHAPES)
     parser = subparsers.add_parser(
@@ -29,17 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--dynamo', action='store_true',
                         help='use the torch.export-based exporter (opset >= 18; much slower to export) instead of '
                         'the TorchScript-based one')
-    parser.add_argument('--window-sizes', type=int, nargs='+', help='attention window sizes (default: 4 8 16, '
-                        'or what the file records)')
-    parser.add_argument('--img-range', type=float, help='override the inferred pixel range (1 for traiNNer-redux '
-                        'norm: true weights)')
     parser.add_argument('--tolerance', type=float, metavar='D',
                         help='largest accepted max |onnxruntime - PyTorch| on [0, 1] outputs (default: '
                         f'{TOLERANCE[torch.float32]:g}, with --half {TOLERANCE[torch.float16]:g}: float16 rounding through '
                         'full ELAN\'s 36 blocks alone reaches a few 1e-3)')
+    add_reading_options(parser, 'WEIGHTS')
     parser.add_argument('--force', action='store_true', help='replace OUT if it exists')
-    parser.add_argument('--unsafe-load', action='store_true',
-                        help='unpickle arbitrary Python objects in WEIGHTS (only for files you trust)')
     parser.set_defaults(func=run)
 
 
