@@ -108,7 +108,7 @@ class ExportableELAN(nn.Module):
         return y[:, :, :h * net.upscale, :w * net.upscale]
 
 
-def model_metadata(net: ELAN, config: Dict[str, Any], dtype: torch.dtype, exporter: str) -> Dict[str, str]:
+def model_metadata(net: ELAN, config: Dict[str, Any], dtype: torch.dtype, exporter: str, opset: int) -> Dict[str, str]:
     """The ``metadata_props`` of an exported model (strings; read back by the onnxruntime backend)."""
     colors, scale = net.head[0].in_channels, net.upscale
     kind = 'float16' if dtype == torch.float16 else 'float32'
@@ -116,11 +116,12 @@ def model_metadata(net: ELAN, config: Dict[str, Any], dtype: torch.dtype, export
         'elan.variant': variant_name(config),
         'elan.scale': str(scale),
         'elan.pad_multiple': str(net.pad_multiple),
-        'elan.config': json.dumps({k: v for k, v in config.items()}),
+        'elan.config': json.dumps(config),
         'elan.dtype': kind,
         'elan.input': f'{INPUT_NAME}: {kind} (batch, {colors}, H, W), RGB in [0, 1], any H, W >= 1',
         'elan.output': f'{OUTPUT_NAME}: {kind} (batch, {colors}, H*{scale}, W*{scale}), RGB in [0, 1] (not clamped)',
         'elan.exporter': exporter,
+        'elan.opset': str(opset),
     }
 
 
@@ -130,19 +131,29 @@ def _trace_to_file(model: nn.Module, example: Tensor, path: Path, opset: int, dy
         # expected: the TorchScript exporter's deprecation notice, and tracer warnings about sizes
         # used as Python values (the graph is checked at untraced sizes afterwards)
         warnings.simplefilter('ignore', (DeprecationWarning, FutureWarning, torch.jit.TracerWarning, UserWarning))
-        if dynamo:
-            require('onnxscript', 'onnx', 'elan export --dynamo')
-            dims = {0: torch.export.Dim('batch', min=1, max=1024), 2: torch.export.Dim('height', min=1, max=65536),
-                    3: torch.export.Dim('width', min=1, max=65536)}
-            program = torch.onnx.export(model, (example,), None, dynamo=True, opset_version=max(opset, 18),
-                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                        dynamic_shapes={'x': dims}, verbose=False)
-            program.save(str(path))
-        else:
-            axes = {INPUT_NAME: {0: 'batch', 2: 'height', 3: 'width'},
-                    OUTPUT_NAME: {0: 'batch', 2: 'out_height', 3: 'out_width'}}
-            torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes)
+        try:
+            _export(model, example, path, opset, dynamo)
+        except ElanError:
+            raise
+        except Exception as err:  # torch.onnx raises many types (unsupported opset, operator, ...)
+            raise ElanError(f'ONNX export failed ({type(err).__name__}: {str(err).strip().splitlines()[0]})') from err
+
+
+def _export(model: nn.Module, example: Tensor, path: Path, opset: int, dynamo: bool) -> None:
+    """One ``torch.onnx.export`` call with dynamic batch, height and width (see :func:`_trace_to_file`)."""
+    if dynamo:
+        require('onnxscript', 'onnx', 'elan export --dynamo')
+        dims = {0: torch.export.Dim('batch', min=1, max=1024), 2: torch.export.Dim('height', min=1, max=65536),
+                3: torch.export.Dim('width', min=1, max=65536)}
+        program = torch.onnx.export(model, (example,), None, dynamo=True, opset_version=max(opset, 18),
+                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                    dynamic_shapes={'x': dims}, verbose=False)
+        program.save(str(path))
+    else:
+        axes = {INPUT_NAME: {0: 'batch', 2: 'height', 3: 'width'},
+                OUTPUT_NAME: {0: 'batch', 2: 'out_height', 3: 'out_width'}}
+        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes)
 
 
 def _add_metadata(path: Path, metadata: Dict[str, str]) -> None:
@@ -227,8 +238,8 @@ def export_onnx(net: ELAN, path: PathLike, config: Dict[str, Any], half: bool = 
     model = ExportableELAN(attention_in_float32(copy.deepcopy(net).cpu().eval().to(dtype), dtype)).eval()
     colors = net.head[0].in_channels
     example = torch.rand(TRACE_SHAPE[0], colors, *TRACE_SHAPE[1:], generator=torch.Generator().manual_seed(0))
-    metadata = model_metadata(net, config, dtype, 'torch.export (dynamo)' if dynamo else 'TorchScript')
-    metadata['elan.opset'] = str(max(opset, 18) if dynamo else opset)
+    metadata = model_metadata(net, config, dtype, 'torch.export (dynamo)' if dynamo else 'TorchScript',
+                              max(opset, 18) if dynamo else opset)
     with atomic_path(path, overwrite=overwrite) as tmp:
         _trace_to_file(model, example.to(dtype), tmp, opset, dynamo)
         _add_metadata(tmp, metadata)

@@ -146,6 +146,8 @@ def test_export_command_reads_checkpoints_refuses_overwrite_and_reports_disagree
     err = capsys.readouterr().err
     assert re.search(r'disagrees with PyTorch: max \|diff\| [0-9.e-]+ at \(1, 3, 19, 13\)', err) and 'limit 0' in err
     assert not failed.exists() and no_temp_files(tmp_path)
+    assert main(['export', str(authors), str(failed), '--opset', '99']) == 2
+    assert 'ONNX export failed' in capsys.readouterr().err and not failed.exists() and no_temp_files(tmp_path)
 
 
 def test_dynamo_exporter_gives_the_same_model(tmp_path):

@@ -1,12 +1,15 @@
-"""``elan upscale -i IN -o OUT --weights W``: super-resolve one image or a folder of images to PNG."""
+"""``elan upscale -i IN -o OUT --weights W`` (or ``--onnx MODEL.onnx``): super-resolve one image or a folder of images to PNG."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Tuple
+from typing import TYPE_CHECKING, Callable, List, Tuple
 
 from ..errors import ElanError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 Job = Tuple[Path, Path]  # (input image, output PNG)
 
@@ -104,7 +107,7 @@ def _upscale_file(net, src: Path, dst: Path, scale: int, multiple: int, args: ar
         write_png(tmp, cv2.cvtColor(out, cv2.COLOR_RGB2BGR, dst=out))  # in place: no second output-sized copy
 
 
-def load_model(args: argparse.Namespace):
+def load_model(args: argparse.Namespace) -> Tuple[Callable[[Tensor], Tensor], int, int, str]:
     """The network for ``--weights`` (PyTorch, prepared for ``--device/--half/--compile``) or ``--onnx``
     (onnxruntime), its scale and padding multiple, and where it runs (for the summary line)."""
     from ..checkpoint import load_network_from_checkpoint
