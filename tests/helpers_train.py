@@ -42,12 +42,21 @@ TEST_ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1', CUDA_VISI
 DIST_WORKER = str(REPO / 'tests' / 'dist_worker.py')
 
 
-def worker_command(out: Path, train_args: List[str], torchrun_args: Optional[List[str]] = None) -> List[str]:
-    """``tests/dist_worker.py OUT train -opt <demo option> ...`` (final weights to ``OUT/rank<R>.pth``), under
+def worker_command(out: Path, train_args: List[str], torchrun_args: Optional[List[str]] = None,
+                   option: str = TRAIN_OPT) -> List[str]:
+    """``tests/dist_worker.py OUT train -opt OPTION ...`` (final weights to ``OUT/rank<R>.pth``), under
     ``torchrun TORCHRUN_ARGS`` with ``--launcher pytorch`` when those are given, else as one process."""
     launch = [] if torchrun_args is None else ['-m', 'torch.distributed.run', *torchrun_args]
     launcher = [] if torchrun_args is None else ['--launcher', 'pytorch']
-    return [sys.executable, *launch, DIST_WORKER, str(out), 'train', '-opt', TRAIN_OPT, *launcher, *train_args]
+    return [sys.executable, *launch, DIST_WORKER, str(out), 'train', '-opt', option, *launcher, *train_args]
+
+
+def frozen_option(root: Path) -> str:
+    """A copy of the demo option file in ``root``: the runs a test compares read the same file even if
+    the repository's copy is edited meanwhile."""
+    copy = root / Path(TRAIN_OPT).name
+    copy.write_text(Path(TRAIN_OPT).read_text())
+    return str(copy)
 
 
 def same_parameters(a: Dict[str, Any], b: Dict[str, Any]) -> bool:

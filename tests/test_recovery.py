@@ -14,16 +14,17 @@ from typing import List
 import pytest
 import torch
 
-from helpers_train import TEST_ENV, TINY, TRAIN_OPT, demo_root, ok, run_python, same_parameters, worker_command
+from helpers_train import TEST_ENV, TINY, demo_root, frozen_option, ok, run_python, same_parameters, worker_command
 
 # 12 iterations with checkpoints at 6 and 12; epochs of 9 iterations, so resuming at 6 continues an epoch
 # in its middle and then crosses into the next one.
 SCHEDULE = ['train:total_iter=12', 'train:scheduler:periods=[12]', 'logger:save_checkpoint_freq=6']
+OPTION = 'train_ELAN_light_x4_demo.yml'  # frozen_option's copy in the root
 
 
 def train(root: Path, name: str, *force: str, auto_resume: bool = False) -> subprocess.CompletedProcess:
     """``basicsr train`` of the tiny network as run ``name`` in ``root``; ``force`` overrides more options."""
-    argv = ['-m', 'elan_arch.cli.basicsr_cmd', 'train', '-opt', TRAIN_OPT] + ['--auto_resume'] * auto_resume
+    argv = ['-m', 'elan_arch.cli.basicsr_cmd', 'train', '-opt', str(root / OPTION)] + ['--auto_resume'] * auto_resume
     return run_python(argv + ['--force_yml', *TINY, *SCHEDULE, f'name={name}', *force], root, TEST_ENV)
 
 
@@ -43,7 +44,9 @@ def truncate(path: Path) -> None:
 
 @pytest.fixture(scope='module')
 def root(tmp_path_factory) -> Path:
-    return demo_root(tmp_path_factory.mktemp('recovery'))
+    root = demo_root(tmp_path_factory.mktemp('recovery'))
+    frozen_option(root)
+    return root
 
 
 @pytest.fixture(scope='module')
@@ -109,7 +112,8 @@ def test_auto_resume_moves_a_damaged_checkpoint_aside_and_resumes_the_previous(r
     out = ok(train(root, exp.name, auto_resume=True))
     warnings = [line for line in out.splitlines() if 'is damaged' in line]
     assert len(warnings) == 1 and str(bad) in warnings[0] and 'moved aside' in warnings[0]
-    assert (exp / 'training_states' / '12.state.damaged').is_file() and (exp / 'models' / 'net_g_12.pth.damaged').is_file()
+    assert (exp / 'training_states' / '12.state.damaged').is_file()
+    assert (exp / 'models' / 'net_g_12.pth.damaged').is_file()
     assert 'Resuming training from epoch: 0, iter: 6.' in out
     logs = [path.read_text() for path in exp.glob(f'train_{exp.name}_*.log')]
     assert sum('is damaged' in log and str(bad) in log for log in logs) == 1  # the warning is in the new log
@@ -141,8 +145,8 @@ def test_extending_a_finished_run_follows_the_new_schedule(root, finished):
 def test_run_killed_with_sigkill_resumes_to_identical_weights(root, finished, tmp_path, workers):
     name, loader = f'killed_{workers}', f'datasets:train:num_worker_per_gpu={workers}'
     force = ['--force_yml', *TINY, *SCHEDULE, f'name={name}', loader]
-    killed = subprocess.run(worker_command(tmp_path, force), cwd=root, env=dict(TEST_ENV, ELAN_TEST_KILL='0:8'),
-                            capture_output=True, text=True, timeout=600)
+    killed = subprocess.run(worker_command(tmp_path, force, option=str(root / OPTION)), cwd=root,
+                            env=dict(TEST_ENV, ELAN_TEST_KILL='0:8'), capture_output=True, text=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     states = root / 'experiments' / name / 'training_states'
     assert sorted(p.name for p in states.iterdir()) == ['6.state']  # iterations 7 and 8 are lost
