@@ -22,7 +22,7 @@ from typing import Any, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from basicsr.data.data_sampler import EnlargedSampler
 
@@ -36,17 +36,24 @@ def sample_seed(seed: int, epoch: int, position: int) -> int:
 
 @contextlib.contextmanager
 def seeded_rngs(seed: int) -> Iterator[None]:
-    """Seed ``random``, ``numpy.random`` and torch's CPU generator with ``seed``; restore all three after."""
-    saved_random, saved_numpy = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(saved_random)
-            np.random.set_state(saved_numpy)
+    """Seed ``random``, ``numpy.random`` and torch's CPU generator with ``seed``.
+
+    In the main process (``num_worker_per_gpu: 0``) their states are restored afterwards, so training's
+    own random streams are not touched; a DataLoader worker only reads samples, and skips the restoring
+    (saving numpy's state costs more than the rest: about 40 us per sample here without it).
+    """
+    saved = None if get_worker_info() is not None else (random.getstate(), np.random.get_state(),
+                                                          torch.get_rng_state())
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.default_generator.manual_seed(seed)  # torch.manual_seed also seeds every CUDA device: slow
+    try:
+        yield
+    finally:
+        if saved is not None:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.set_rng_state(saved[2])
 
 
 class SeededDataset(Dataset):
