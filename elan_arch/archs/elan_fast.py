@@ -310,5 +310,5 @@ def forward_padded(net: ELAN, x: Tensor) -> Tensor:
     res = x
     for block in net.body:
         x = elab(block, x)
-    x = net.add_mean(net.tail(x + res))
-    return (x / net.img_range).contiguous()
+    x = net.add_mean(net.tail(x.add_(res) if _inplace_ok() else x + res))
+    return (x.div_(net.img_range) if _inplace_ok() else x / net.img_range).contiguous()
