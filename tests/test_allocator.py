@@ -37,14 +37,36 @@ def test_tuned_malloc_keeps_freed_memory():
     assert faults['tuned'] < faults['default'] / 3, faults
 
 
-def test_commands_tune_malloc_first(monkeypatch):
+def test_commands_tune_the_process_first(monkeypatch):
     from elan_arch import allocator
     from elan_arch.cli import basicsr_cmd, main
 
     calls = []
-    monkeypatch.setattr(allocator, 'tune_malloc', lambda: calls.append(1) or True)
+    monkeypatch.setattr(allocator, 'tune_process', lambda: calls.append(1))
     with pytest.raises(SystemExit):
         main(['--help'])
     with pytest.raises(SystemExit):
         basicsr_cmd.main(['--help'])
     assert calls == [1, 1]
+
+
+DENORMALS = '''
+import sys, torch
+from elan_arch.allocator import tune_process
+tune_process()
+torch.set_num_threads(2)
+x = torch.full((1 << 20,), 1e-30)
+y = x * 1e-10  # 1e-40: subnormal in float32, on every thread of the pool
+print(int((y != 0).sum()), int(x.nonzero().shape[0]))
+'''
+
+
+@pytest.mark.parametrize('setting', ['', 'keep'])
+def test_subnormals_are_flushed_unless_kept(setting):
+    import os
+    env = dict(os.environ, ELAN_DENORMALS=setting)
+    out = subprocess.run([sys.executable, '-c', DENORMALS], capture_output=True, text=True, check=True,
+                         timeout=300, env=env).stdout.split()
+    nonzero, inputs = int(out[0]), int(out[1])
+    assert inputs == 1 << 20  # 1e-30 itself is a normal float
+    assert nonzero == (1 << 20 if setting == 'keep' else 0)

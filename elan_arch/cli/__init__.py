@@ -38,9 +38,9 @@ def run_command(prog: str, args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from ..allocator import tune_malloc
+    from ..allocator import tune_process
 
-    tune_malloc()
+    tune_process()
     return run_command('elan', build_parser().parse_args(argv))
 
 

@@ -169,10 +169,10 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from ..allocator import tune_malloc
+    from ..allocator import tune_process
     from . import run_command
 
-    tune_malloc()
+    tune_process()
     return run_command('basicsr', build_parser().parse_args(argv))
 
 
