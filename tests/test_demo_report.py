@@ -1,6 +1,11 @@
 """The demo's pictures: crops side by side, the validation PSNR curve, and what main() writes from them."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import cv2
 import numpy as np
 import pytest
@@ -66,3 +71,56 @@ def test_write_pictures_names_and_curve(tmp_path, monkeypatch, capsys):
     log.write_text('# psnr: 26.0\tBest\n')  # an interrupted run: no curve, a note instead
     written = write_pictures(images, results, opt, 250, tmp_path / 'out2')
     assert [p.name for p in written] == ['compare_chelsea.png'] and 'no PSNR curve' in capsys.readouterr().out
+
+
+def test_cpu_busy_reads_the_share_of_busy_ticks():
+    from elan_arch.demo import cpu_busy
+
+    def reader(*samples):
+        it = iter(samples)
+        return lambda: next(it)
+    # user, nice, system, idle, iowait: 10% busy, then 60% busy over the interval
+    assert not cpu_busy(0, read_ticks=reader([0, 0, 0, 0, 0], [5, 0, 5, 85, 5]))
+    assert cpu_busy(0, read_ticks=reader([0, 0, 0, 0, 0], [50, 0, 10, 40, 0]))
+
+
+@pytest.mark.skipif(not os.path.exists('/proc/stat'), reason='reads /proc/stat')
+def test_cpu_busy_sees_processes_spinning_on_every_core():
+    from elan_arch.demo import cpu_busy
+
+    spinners = [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(os.cpu_count() or 1)]
+    try:
+        time.sleep(0.3)
+        assert cpu_busy(0.5)
+    finally:
+        for proc in spinners:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize('busy', [True, False])
+def test_demo_commands_wait_passively_only_on_a_busy_cpu(monkeypatch, busy):
+    from elan_arch import demo
+
+    seen = {}
+
+    class FakeProcess:
+        def __init__(self, command, env, **kwargs):
+            seen.update(command=command, env=env)
+            self.stdout, self.returncode = iter(['done\n']), 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.delenv('OMP_WAIT_POLICY', raising=False)
+    monkeypatch.setattr(demo, 'cpu_busy', lambda: busy)
+    monkeypatch.setattr(demo.subprocess, 'Popen', FakeProcess)
+    demo.run_logged(['test', '-opt', 'x.yml'])
+    assert seen['command'][-3:] == ['test', '-opt', 'x.yml']
+    assert seen['env'].get('OMP_WAIT_POLICY') == ('PASSIVE' if busy else None)
+    monkeypatch.setenv('OMP_WAIT_POLICY', 'ACTIVE')  # the user's choice wins
+    demo.run_logged(['test', '-opt', 'x.yml'])
+    assert seen['env']['OMP_WAIT_POLICY'] == 'ACTIVE'

@@ -282,6 +282,22 @@ def test_attention_backward_is_the_gradient(sharing):
         assert torch.autograd.gradcheck(maps_only, (q, *shared_values))
 
 
+def test_cpu_autocast_keeps_its_precision_choices():
+    """Under autocast the fast path runs plain operations (which autocast casts), not the float32 kernels."""
+    torch.manual_seed(4)
+    fast, ref = twin(ELAN(upscale=2, **SMALL_LIGHT))
+    x, gt = photo_pair(2, 16, 16)
+    outputs = []
+    for net in (fast, ref):
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = net(x)
+        F.l1_loss(out.float(), gt).backward()
+        outputs.append(out.float())
+    assert outputs[0].dtype == torch.float32 and relative(outputs[0], outputs[1]) < 3e-2
+    grads = [dict(n.named_parameters())['head.0.weight'].grad for n in (fast, ref)]
+    assert relative(grads[0], grads[1]) < 1e-1
+
+
 def test_training_path_compiles_without_graph_breaks():
     net = ELAN(upscale=2, c_elan=15, m_elan=4, window_sizes=[2, 4, 8]).train()
     explanation = torch._dynamo.explain(lambda x: net(x).sum())(torch.rand(2, 3, 16, 16))

@@ -45,6 +45,13 @@ def _plain_ops() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
+def _custom_ok(x: Tensor) -> bool:
+    """Whether the hand-written functions below serve ``x``: not under a compiler or a trace, and not
+    under autocast (whose precision choices they would bypass), in float32 or float64."""
+    return (not _plain_ops() and not torch.is_autocast_enabled(x.device.type)
+            and x.dtype in (torch.float32, torch.float64))
+
+
 def _inplace_ok() -> bool:
     """In-place ReLU and residual additions only without autograd: under autograd they would hit
     permuted views (the 1x1 convs' outputs), whose in-place backward copies the gradient into
@@ -102,7 +109,7 @@ def _linear_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], relu: boo
                     residual: Optional[Tensor]) -> Tensor:
     """``x @ weight^T + bias``, then ReLU or ``+ residual``, fused where oneDNN serves ``x``.
     (P, Cin) -> (P, Cout); a new tensor (``residual`` is not modified)."""
-    if _ONEDNN_LINEAR and x.device.type == 'cpu' and x.dtype == torch.float32 and not _plain_ops():
+    if _ONEDNN_LINEAR and x.device.type == 'cpu' and x.dtype == torch.float32 and _custom_ok(x):
         if residual is not None:
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, 'add')
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'relu' if relu else 'none', [], '')
@@ -155,7 +162,7 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], relu: bool = False
     weight = weight.reshape(weight.shape[0], cin)
     x2 = x.permute(0, 2, 3, 1).reshape(-1, cin)
     r2 = None if residual is None else residual.permute(0, 2, 3, 1).reshape(-1, weight.shape[0])
-    if _needs_autograd(x, weight, bias, r2) and not _plain_ops():
+    if _needs_autograd(x, weight, bias, r2) and _custom_ok(x):
         y = _Linear.apply(x2, weight, bias, r2, relu)
     else:
         y = _linear_forward(x2, weight, bias, relu, r2)
@@ -350,8 +357,7 @@ def window_attention(v: Tensor, q: Optional[Tensor] = None,
     assert q is not None, 'window_attention needs queries or a SharedAttention'
     if not _materialise_maps(q):
         return F.scaled_dot_product_attention(q, q, v, scale=1.0), SharedAttention(None, q)
-    if (_needs_autograd(q, v) and not _plain_ops() and q.dtype in (torch.float32, torch.float64)
-            and v.dtype == q.dtype):
+    if _needs_autograd(q, v) and _custom_ok(q) and v.dtype == q.dtype:
         y, maps = _Attention.apply(q, v)
         return y, SharedAttention(maps, None)
     qf = q.float() if q.dtype == torch.float16 else q
@@ -417,7 +423,7 @@ def linear_batchnorm(x: Tensor, weight: Tensor, bias: Tensor, bn: torch.nn.Batch
     average when it is None). (B, Cin, H, W) channels_last -> (B, Cout, H, W) channels_last."""
     b, cin, h, w = x.shape
     x2 = x.permute(0, 2, 3, 1).reshape(-1, cin)
-    if _plain_ops() or x.dtype not in (torch.float32, torch.float64) or bn.weight is None:
+    if not _custom_ok(x) or bn.weight is None:
         return bn(linear(x, weight, bias))
     out, mean, var = _BatchNormLinear.apply(x2, weight.reshape(weight.shape[0], cin), bias, bn.weight, bn.bias, bn.eps)
     if bn.track_running_stats:
