@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .fast_ops import (SharedAttention, _inplace_ok, linear, linear_batchnorm, pixels_to_windows, shift,
+from .fast_ops import (SharedAttention, linear, linear_batchnorm, pixel_map, pixel_rows, pixels_to_windows, shift,
                        window_attention, window_order, windows_to_pixels)
 
 if TYPE_CHECKING:  # the arch module imports this one
@@ -38,6 +38,12 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[Tensor, Tensor]
     weight = conv.weight * scale.view(-1, 1, 1, 1)
     bias = (conv.bias - bn.running_mean) * scale + bn.bias
     return weight, bias
+
+
+def _inplace_ok() -> bool:
+    """In-place global residual and scaling only without autograd: under autograd they would hit
+    permuted views, whose in-place backward copies the gradient into NCHW order."""
+    return not torch.is_grad_enabled()
 
 
 def lfe(m: LFE, x: Tensor) -> Tensor:
@@ -67,8 +73,8 @@ def gmsa(m: GMSA, x: Tensor,
     Returns:
         (B, C, H, W) channels_last, and this layer's :class:`SharedAttention` per group.
     """
-    b, c, h, w = x.shape
-    proj = project_inp(m, x).permute(0, 2, 3, 1).reshape(b * h * w, -1)  # a view: NHWC memory
+    b, _, h, w = x.shape
+    proj = pixel_rows(project_inp(m, x))
     orders = [window_order(b, h, w, ws, m.shift, x.device) for ws in m.window_sizes]
     outputs, states = [], []
     for idx, (ws, tokens) in enumerate(zip(m.window_sizes, pixels_to_windows(proj, orders, m.split_chns))):
@@ -80,7 +86,7 @@ def gmsa(m: GMSA, x: Tensor,
             y, state = window_attention(tokens, shared=shared[idx])
         outputs.append(y.view(b * h * w, -1))
         states.append(state)
-    out = windows_to_pixels(outputs, orders).view(b, h, w, c).permute(0, 3, 1, 2)  # channels_last
+    out = pixel_map(windows_to_pixels(outputs, orders), b, h, w)
     return linear(out, m.project_out.weight, m.project_out.bias, residual=x), states
 
 

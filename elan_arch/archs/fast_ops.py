@@ -17,8 +17,9 @@ where autograd's would be slower; each keeps the reference's function and gradie
 * :func:`window_attention`: ``softmax(Q Q^T) V`` per window; the maps a sharing GMSA reuses
   are handed over as :class:`SharedAttention`.
 
-Fused kernels are used for float32 CPU tensors outside ``torch.compile`` / tracing; everything
-else (float64 checks, CUDA, half precision, compiled graphs) runs the same formulas as plain ops.
+The hand-written autograd functions serve float32 and float64 tensors on any device (oneDNN's fused
+matmul: float32 on the CPU); under ``torch.compile``, a trace or autocast, the same formulas run as
+plain operations, which the compiler fuses or autocast casts itself.
 """
 from __future__ import annotations
 
@@ -50,13 +51,6 @@ def _custom_ok(x: Tensor) -> bool:
     under autocast (whose precision choices they would bypass), in float32 or float64."""
     return (not _plain_ops() and not torch.is_autocast_enabled(x.device.type)
             and x.dtype in (torch.float32, torch.float64))
-
-
-def _inplace_ok() -> bool:
-    """In-place ReLU and residual additions only without autograd: under autograd they would hit
-    permuted views (the 1x1 convs' outputs), whose in-place backward copies the gradient into
-    NCHW order and slows every later layer down."""
-    return not torch.is_grad_enabled()
 
 
 def _needs_autograd(*tensors: Optional[Tensor]) -> bool:
@@ -93,6 +87,16 @@ def shift(x: Tensor, kernel: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------- linear
+
+def pixel_rows(x: Tensor) -> Tensor:
+    """(B, C, H, W) channels_last -> (B*H*W, C): one row per pixel, a view of the NHWC memory."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def pixel_map(rows: Tensor, b: int, h: int, w: int) -> Tensor:
+    """The inverse of :func:`pixel_rows`: (B*H*W, C) -> (B, C, H, W) channels_last, a view."""
+    return rows.view(b, h, w, -1).permute(0, 3, 1, 2)
+
 
 @lru_cache(maxsize=16)
 def _ones(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -158,15 +162,14 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], relu: bool = False
     matrix product over the pixels (an NHWC view), so its input gradient is channels_last too
     (convolution kernels may return NCHW gradients, which cost a layout change downstream).
     """
-    b, cin, h, w = x.shape
-    weight = weight.reshape(weight.shape[0], cin)
-    x2 = x.permute(0, 2, 3, 1).reshape(-1, cin)
-    r2 = None if residual is None else residual.permute(0, 2, 3, 1).reshape(-1, weight.shape[0])
+    weight = weight.reshape(weight.shape[0], x.shape[1])
+    x2 = pixel_rows(x)
+    r2 = None if residual is None else pixel_rows(residual)
     if _needs_autograd(x, weight, bias, r2) and _custom_ok(x):
         y = _Linear.apply(x2, weight, bias, r2, relu)
     else:
         y = _linear_forward(x2, weight, bias, relu, r2)
-    return y.view(b, h, w, -1).permute(0, 3, 1, 2)
+    return pixel_map(y, x.shape[0], x.shape[2], x.shape[3])
 
 
 # --------------------------------------------------------------------------------------- windows
@@ -395,37 +398,37 @@ class _BatchNormLinear(torch.autograd.Function):
         mean = torch.addmv(bias, weight, mean_x)
         ctx.mark_non_differentiable(mean, var)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(xc, weight, wc, gamma, rstd, scaled)
-        ctx.bias_like = bias
+        ctx.save_for_backward(xc, weight, wc, scale, rstd, scaled)
         return out, mean, var
 
     @staticmethod
     def backward(ctx, grad: Optional[Tensor], _mean: None, _var: None):  # type: ignore[override]
-        xc, weight, wc, gamma, rstd, scaled = ctx.saved_tensors
+        xc, weight, wc, scale, rstd, scaled = ctx.saved_tensors
         if grad is None:
             return (None,) * 6
         n = xc.shape[0]
         grad_beta = _column_sums(grad)
         grad_scaled = grad.t().mm(xc)
         grad_xc = grad.mm(scaled)
-        grad_scale = (grad_scaled * weight).sum(1)
-        grad_var = grad_scale * gamma * rstd.pow(3) * -0.5
-        grad_w = grad_scaled * (gamma * rstd).unsqueeze(1) + 2 * grad_var.unsqueeze(1) * wc
+        grad_scale = (grad_scaled * weight).sum(1)  # scale = gamma * rstd, rstd = (var + eps)^-1/2
+        grad_var = grad_scale * scale * rstd.pow(2) * -0.5
+        grad_w = grad_scaled * scale.unsqueeze(1) + 2 * grad_var.unsqueeze(1) * wc
         grad_cov = (weight * grad_var.unsqueeze(1)).t().mm(weight)  # symmetric
         grad_xc.addmm_(xc, grad_cov, alpha=2.0 / n)
         grad_x = grad_xc.sub_(_column_sums(grad_xc).div_(n))
-        return grad_x, grad_w, torch.zeros_like(ctx.bias_like), grad_scale * rstd, grad_beta, None
+        # the conv bias (same shape as beta) cancels in the output: its gradient is exactly zero
+        return grad_x, grad_w, torch.zeros_like(grad_beta), grad_scale * rstd, grad_beta, None
 
 
 def linear_batchnorm(x: Tensor, weight: Tensor, bias: Tensor, bn: torch.nn.BatchNorm2d) -> Tensor:
     """``bn(conv1x1(x))`` for a BatchNorm in train mode: batch statistics, and running statistics
     updated exactly as ``nn.BatchNorm2d`` does (unbiased variance, ``momentum``, or the cumulative
     average when it is None). (B, Cin, H, W) channels_last -> (B, Cout, H, W) channels_last."""
-    b, cin, h, w = x.shape
-    x2 = x.permute(0, 2, 3, 1).reshape(-1, cin)
     if not _custom_ok(x) or bn.weight is None:
         return bn(linear(x, weight, bias))
-    out, mean, var = _BatchNormLinear.apply(x2, weight.reshape(weight.shape[0], cin), bias, bn.weight, bn.bias, bn.eps)
+    x2 = pixel_rows(x)
+    out, mean, var = _BatchNormLinear.apply(x2, weight.reshape(weight.shape[0], x.shape[1]), bias, bn.weight,
+                                            bn.bias, bn.eps)
     if bn.track_running_stats:
         with torch.no_grad():
             bn.num_batches_tracked.add_(1)
@@ -433,4 +436,4 @@ def linear_batchnorm(x: Tensor, weight: Tensor, bias: Tensor, bn: torch.nn.Batch
             n = x2.shape[0]
             bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
             bn.running_var.lerp_((var * (n / max(n - 1, 1))).to(bn.running_var.dtype), factor)
-    return out.view(b, h, w, -1).permute(0, 3, 1, 2)
+    return pixel_map(out, x.shape[0], x.shape[2], x.shape[3])
