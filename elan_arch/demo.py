@@ -1,6 +1,7 @@
 """``make demo`` / ``python -m elan_arch.demo``: train ELAN-light x4 on the demo data, test it, compare with bicubic.
 
-1. ``elan prepare demo`` if ``datasets/demo`` is missing (real photos from scikit-image's wheel);
+1. ``elan prepare demo`` if ``datasets/demo`` is missing or was made from an older photo list
+   (real photos from scikit-image's wheel);
 2. ``basicsr train -opt options/train_ELAN_light_x4_demo.yml`` (CPU, or the GPU when present),
    with a progress bar; ``--iters N`` changes the iteration budget (and the cosine period);
 3. ``basicsr test -opt options/test_ELAN_light_x4_demo.yml`` on the held-out photos;
@@ -102,6 +103,21 @@ def run_logged(argv: Sequence[str], total_iters: Optional[int] = None) -> None:
         raise ElanError(f'`basicsr {" ".join(argv)}` failed with exit status {proc.returncode} (output above)')
 
 
+def ensure_demo_data(root: Path) -> None:
+    """Build the demo dataset at ``root`` if it is missing, or rebuild it if ``elan prepare demo`` made it
+    from another list of photos (its ``SOURCES.txt`` differs from today's); a folder without ``SOURCES.txt``
+    is someone's own data and is used as it is."""
+    from elan_arch.data import prepare_demo
+    from elan_arch.data.demo_data import demo_sources
+
+    sources = root / 'SOURCES.txt'
+    if not root.exists():
+        print(prepare_demo(root), flush=True)
+    elif sources.is_file() and sources.read_text() != demo_sources():
+        print(f'{root} was built from an older list of demo photos ({sources}): rebuilding it', flush=True)
+        print(prepare_demo(root, force=True), flush=True)
+
+
 def load_images(gt_dir: Path, lq_dir: Path, sr_dir: Path, suffix: str, scale: int) -> Dict[str, dict]:
     """Per held-out photo: the original, MATLAB-bicubic upscaling of its LR image
     (``basicsr.utils.matlab_functions.imresize``, rounded to uint8 like the SR images) and ELAN's SR image
@@ -183,12 +199,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     start = time.perf_counter()
     try:
         import elan_arch  # noqa: F401  (before basicsr)
-        from elan_arch.data import prepare_demo
-
         train_opt, test_opt = _load_yaml(TRAIN_OPT), _load_yaml(TEST_OPT)
-        data_root = Path(train_opt['datasets']['train']['dataroot_gt']).parent
-        if not data_root.exists():
-            print(prepare_demo(data_root), flush=True)
+        ensure_demo_data(Path(train_opt['datasets']['train']['dataroot_gt']).parent)
         iters = args.iters or int(train_opt['train']['total_iter'])
         if iters < 1:
             raise ElanError(f'--iters {iters}: must be at least 1')

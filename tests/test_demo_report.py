@@ -124,3 +124,32 @@ def test_demo_commands_wait_passively_only_on_a_busy_cpu(monkeypatch, busy):
     monkeypatch.setenv('OMP_WAIT_POLICY', 'ACTIVE')  # the user's choice wins
     demo.run_logged(['test', '-opt', 'x.yml'])
     assert seen['env']['OMP_WAIT_POLICY'] == 'ACTIVE'
+
+
+def test_demo_data_is_built_when_missing_and_rebuilt_when_made_from_another_photo_list(tmp_path, monkeypatch):
+    import elan_arch.data
+    from elan_arch.data.demo_data import TRAIN_PHOTOS, demo_sources
+    from elan_arch.demo import ensure_demo_data
+
+    calls = []
+
+    def fake_prepare(root, force=False):
+        calls.append((root, force))
+        root.mkdir(exist_ok=True)
+        (root / 'SOURCES.txt').write_text(demo_sources())
+        return 'prepared'
+
+    monkeypatch.setattr(elan_arch.data, 'prepare_demo', fake_prepare)
+    root = tmp_path / 'demo'
+    ensure_demo_data(root)  # missing: built
+    assert calls == [(root, False)]
+    ensure_demo_data(root)  # today's list: used as it is
+    assert len(calls) == 1
+    assert f'skimage/data/{TRAIN_PHOTOS[-1]}' in (root / 'SOURCES.txt').read_text()
+    (root / 'SOURCES.txt').write_text('DIV2K_train_HR/0006.png  skimage/data/retina.jpg\n')
+    ensure_demo_data(root)  # made by prepare_demo from an older list: rebuilt in place
+    assert calls[1:] == [(root, True)] and (root / 'SOURCES.txt').read_text() == demo_sources()
+    own = tmp_path / 'own'
+    own.mkdir()
+    ensure_demo_data(own)  # someone's own data (no SOURCES.txt): never touched
+    assert len(calls) == 2 and list(own.iterdir()) == []

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import elan_arch  # noqa: F401  (before basicsr)
 from elan_arch import ELAN, ELAN_VARIANTS
 from elan_arch.archs import elan_arch as arch_module
-from elan_arch.archs import elan_fast, fast_ops
+from elan_arch.archs import elan_fast, window_ops
 from elan_arch.archs.elan_arch import window_partition
 from helpers_inference import calibrated, photo, to_tensor
 
@@ -120,7 +120,7 @@ def test_fold_batchnorm_matches_conv_then_batchnorm():
 def test_window_order_is_roll_plus_partition(rolled):
     x = torch.randn(2, 3, 8, 12)
     shifted = torch.roll(x, shifts=(-2, -2), dims=(2, 3)) if rolled else x
-    order = fast_ops.window_order(2, 8, 12, 4, rolled, x.device)
+    order = window_ops.window_order(2, 8, 12, 4, rolled, x.device)
     gathered = x.flatten(2).transpose(1, 2).reshape(-1, 3).index_select(0, order).reshape(-1, 16, 3)
     assert torch.equal(gathered, window_partition(shifted, 4))
 
@@ -138,11 +138,11 @@ def test_window_attention_materialised_maps_equal_fused_kernel(cv):
     v = torch.randn(6, 64, cv, generator=gen, dtype=torch.float64)
     expected = torch.softmax(q @ q.transpose(1, 2), dim=-1) @ v  # unscaled, as ELAN's GMSA
     with torch.no_grad():  # CPU inference: SDPA, shared as queries
-        fused, fused_state = fast_ops.window_attention(v, q=q)
-        fused_shared, _ = fast_ops.window_attention(v.flip(1), shared=fused_state)
+        fused, fused_state = window_ops.window_attention(v, q=q)
+        fused_shared, _ = window_ops.window_attention(v.flip(1), shared=fused_state)
     with torch.enable_grad():  # CPU training: bmm with materialised maps, shared as maps
-        maps, maps_state = fast_ops.window_attention(v, q=q)
-        maps_shared, _ = fast_ops.window_attention(v.flip(1), shared=maps_state)
+        maps, maps_state = window_ops.window_attention(v, q=q)
+        maps_shared, _ = window_ops.window_attention(v.flip(1), shared=maps_state)
     assert fused_state.maps is None and maps_state.queries is None and maps_state.maps.shape == (6, 64, 64)
     assert fused.shape == maps.shape == (6, 64, cv)
     assert torch.allclose(fused, expected, atol=1e-10) and torch.allclose(maps, expected, atol=1e-10)
@@ -156,14 +156,14 @@ def test_window_attention_float16_logits_do_not_overflow():
     q = 100 + torch.rand(2, 16, 20, generator=gen, dtype=torch.float64)
     v = torch.rand(2, 16, 20, generator=gen, dtype=torch.float64)
     expected = torch.softmax(q @ q.transpose(1, 2), dim=-1) @ v
-    got, _ = fast_ops.window_attention(v.half(), q=q.half())
+    got, _ = window_ops.window_attention(v.half(), q=q.half())
     assert got.dtype == torch.float16 and torch.isfinite(got).all()
     assert (got.double() - expected).abs().max() < 2e-2
 
 
 def test_inference_with_materialised_maps_equals_training_path(monkeypatch):
     # the bmm form that training on CPU takes, exercised through the whole network in inference
-    monkeypatch.setattr(fast_ops, '_materialise_maps', lambda q: True)
+    monkeypatch.setattr(window_ops, '_materialise_maps', lambda q: True)
     x = to_tensor(photo(21, 19))
     net = calibrated(ELAN(upscale=4, **ELAN_VARIANTS['ELAN-light']), x)
     fast, reference = both_paths(net, x)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import elan_arch  # noqa: F401  (before basicsr)
 from elan_arch import ELAN, ELAN_VARIANTS
-from elan_arch.archs import elan_fast, fast_ops
+from elan_arch.archs import elan_fast, fast_ops, window_ops
 from helpers_inference import photo, to_tensor
 
 Grads = Dict[str, torch.Tensor]
@@ -128,8 +128,8 @@ def test_a_mutated_fast_path_is_caught(monkeypatch, mutation):
                             staticmethod(lambda ctx, grad: (fast_ops.Shift.apply(grad, ctx.kernel), None)))
     elif mutation == 'window_roll_ignored':  # shifted blocks attend in unshifted windows
         # (rolling by +ws/2 instead of -ws/2 is no mutation: it gives the same windows)
-        original = fast_ops._batch_window_order.__wrapped__
-        monkeypatch.setattr(fast_ops, '_batch_window_order',
+        original = window_ops._batch_window_order.__wrapped__
+        monkeypatch.setattr(window_ops, '_batch_window_order',
                             lambda batch, h, w, ws, rolled, device: original(batch, h, w, ws, False, device))
     elif mutation == 'batchnorm_without_batch_statistics':  # the running statistics normalise in training
         monkeypatch.setattr(elan_fast, 'linear_batchnorm', lambda x, weight, bias, bn: fast_ops.linear(
@@ -225,13 +225,13 @@ def test_shift_backward_is_the_adjoint_shift():
 @pytest.mark.parametrize('device_type', ['cpu'])
 def test_window_gather_and_scatter_are_inverse_permutations(device_type):
     x = torch.randn(2 * 8 * 12, 9, dtype=torch.float64, requires_grad=True)
-    orders = [fast_ops.window_order(2, 8, 12, 4, rolled, torch.device(device_type)) for rolled in (False, True, True)]
-    groups = fast_ops.pixels_to_windows(x, orders, [3, 4, 2])
+    orders = [window_ops.window_order(2, 8, 12, 4, rolled, torch.device(device_type)) for rolled in (False, True, True)]
+    groups = window_ops.pixels_to_windows(x, orders, [3, 4, 2])
     assert [g.shape[-1] for g in groups] == [3, 4, 2]
-    back = fast_ops.windows_to_pixels(list(groups), orders)
+    back = window_ops.windows_to_pixels(list(groups), orders)
     assert torch.equal(back, x)
-    assert torch.autograd.gradcheck(lambda t: fast_ops.windows_to_pixels(
-        list(fast_ops.pixels_to_windows(t, orders, [3, 4, 2])), orders) * 2, (x,))
+    assert torch.autograd.gradcheck(lambda t: window_ops.windows_to_pixels(
+        list(window_ops.pixels_to_windows(t, orders, [3, 4, 2])), orders) * 2, (x,))
 
 
 def _float64(*shape: int, seed: int) -> torch.Tensor:
@@ -271,13 +271,13 @@ def test_attention_backward_is_the_gradient(sharing):
     shared_values = [_float64(3, 8, 5, seed=12 + i) for i in range(sharing)]
 
     def f(q, v, *values):
-        y, state = fast_ops.window_attention(v, q=q)
-        return (y,) + tuple(fast_ops.window_attention(vi, shared=state)[0] for vi in values)
+        y, state = window_ops.window_attention(v, q=q)
+        return (y,) + tuple(window_ops.window_attention(vi, shared=state)[0] for vi in values)
     outputs = f(q, v, *shared_values)
     maps = torch.softmax(q @ q.transpose(1, 2), dim=-1)
     assert all(torch.allclose(o, maps @ vi) for o, vi in zip(outputs, [v] + shared_values))
     assert torch.autograd.gradcheck(f, (q, v, *shared_values))
-    maps_only = lambda q, *values: tuple(fast_ops.window_attention(vi, shared=fast_ops.window_attention(v.detach(), q=q)[1])[0] for vi in values)  # noqa: E731
+    maps_only = lambda q, *values: tuple(window_ops.window_attention(vi, shared=window_ops.window_attention(v.detach(), q=q)[1])[0] for vi in values)  # noqa: E731
     if sharing:  # the computing GMSA's own output unused: the maps' gradient alone
         assert torch.autograd.gradcheck(maps_only, (q, *shared_values))
 

@@ -4,7 +4,7 @@ The same function as the module tree's reference arithmetic (``ELAN.forward`` wi
 ``fast_training=False`` / ``fast_inference=False``), with the same gradients, reorganised
 for speed: everything runs in ``channels_last`` memory (NHWC), where a 1x1 convolution is one
 matrix product over the pixels and a channel group is a plain strided view, on the operations
-of :mod:`~elan_arch.archs.fast_ops` (each idea there, in one place):
+of :mod:`~elan_arch.archs.fast_ops` and :mod:`~elan_arch.archs.window_ops` (each idea there, in one place):
 
 * LFE: shift, 1x1 conv with its bias and ReLU in one pass, shift, 1x1 conv with its bias and
   the residual addition in one pass.
@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .fast_ops import (SharedAttention, linear, linear_batchnorm, pixel_map, pixel_rows, pixels_to_windows, shift,
-                       window_attention, window_order, windows_to_pixels)
+from .fast_ops import linear, linear_batchnorm, pixel_map, pixel_rows, shift
+from .window_ops import SharedAttention, pixels_to_windows, window_attention, window_order, windows_to_pixels
 
 if TYPE_CHECKING:  # the arch module imports this one
     from .elan_arch import ELAB, ELAN, GMSA, LFE

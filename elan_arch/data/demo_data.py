@@ -2,7 +2,7 @@
 
 Layout under ``root`` (default ``datasets/demo``)::
 
-    DIV2K_train_HR/0001.png ... 0006.png        training photos, DIV2K naming (SOURCES.txt says which)
+    DIV2K_train_HR/0001.png ... 0009.png        training photos, DIV2K naming (SOURCES.txt says which)
     DIV2K_train_HR_sub.lmdb/                    } made by prepare_div2k (crop 240, step 120:
     DIV2K_train_LR_bicubic_X{s}_sub.lmdb/       }  the photos are 300-1400 px, DIV2K's are 2K)
     val/HR/<name>.png                           held-out photos, never in the training set
@@ -23,9 +23,13 @@ from .jobs import PrepareSummary
 from .prepare_benchmark import prepare_benchmark
 from .prepare_div2k import HR_FOLDER, prepare_div2k
 
-# RGB photographs shipped inside scikit-image's wheel (public domain or CC0; see skimage/data/README).
-TRAIN_PHOTOS: Tuple[str, ...] = ('astronaut.png', 'coffee.png', 'rocket.jpg', 'hubble_deep_field.jpg', 'ihc.png',
-                                 'retina.jpg')
+# Photographs shipped inside scikit-image's wheel (public domain or CC0; see skimage/data/README). Training:
+# everyday scenes and natural textures (the grey ones are read as 3 equal channels; PSNR is measured on Y).
+# The wheel's astronomy, microscopy and retina pictures are left out: 900-1400 px, they made 75% of the crops
+# of an earlier list (with ihc) and taught the network dark, smooth fields. Same option file and seed, 600
+# iterations: 28.71 dB on the held-out photos with that list, 28.95 with this one (bicubic: 28.35).
+TRAIN_PHOTOS: Tuple[str, ...] = ('astronaut.png', 'coffee.png', 'rocket.jpg', 'camera.png', 'brick.png', 'grass.png',
+                                 'gravel.png', 'coins.png', 'moon.png')
 VAL_PHOTOS: Tuple[str, ...] = ('chelsea.png', 'motorcycle_left.png')
 DEMO_CROP_SIZE, DEMO_STEP = 240, 120
 
@@ -41,6 +45,14 @@ def skimage_photo(name: str) -> Path:
     return path
 
 
+def demo_sources() -> str:
+    """The text of ``SOURCES.txt`` that :func:`prepare_demo` writes: one line per photo, its file in the
+    dataset and its name in scikit-image's wheel (a dataset with other lines was built from another list)."""
+    lines = [f'{HR_FOLDER}/{index:04d}.png  skimage/data/{name}\n' for index, name in enumerate(TRAIN_PHOTOS, 1)]
+    lines += [f'val/HR/{Path(name).stem}.png  skimage/data/{name}\n' for name in VAL_PHOTOS]
+    return ''.join(lines)
+
+
 def prepare_demo(root: PathLike = 'datasets/demo', scales: Iterable[int] = (2, 3, 4), workers: int = 1,
                  force: bool = False, progress: bool = True) -> PrepareSummary:
     """Build the demo dataset under ``root`` through :func:`prepare_div2k` and :func:`prepare_benchmark`.
@@ -52,14 +64,11 @@ def prepare_demo(root: PathLike = 'datasets/demo', scales: Iterable[int] = (2, 3
     with atomic_path(root, overwrite=force, is_dir=True) as tmp:
         (tmp / HR_FOLDER).mkdir()
         (tmp / 'val' / 'HR').mkdir(parents=True)
-        sources = []
         for index, name in enumerate(TRAIN_PHOTOS, 1):
             write_png(tmp / HR_FOLDER / f'{index:04d}.png', read_image(skimage_photo(name)))
-            sources.append(f'{HR_FOLDER}/{index:04d}.png  skimage/data/{name}\n')
         for name in VAL_PHOTOS:
             write_png(tmp / 'val' / 'HR' / f'{Path(name).stem}.png', read_image(skimage_photo(name)))
-            sources.append(f'val/HR/{Path(name).stem}.png  skimage/data/{name}\n')
-        (tmp / 'SOURCES.txt').write_text(''.join(sources))
+        (tmp / 'SOURCES.txt').write_text(demo_sources())
         summary = prepare_div2k(tmp, scales=scales, crop_size=DEMO_CROP_SIZE, step=DEMO_STEP, workers=workers,
                                 progress=progress)
         summary.add(prepare_benchmark(tmp / 'val', scales=scales, workers=workers, progress=progress))

@@ -1,0 +1,216 @@
+"""The window operations of ELAN's fast path (:mod:`~elan_arch.archs.elan_fast`), each in one place.
+
+* :func:`pixels_to_windows` / :func:`windows_to_pixels`: the cyclic roll and window
+  partition of each channel group as one row gather with a precomputed pixel order
+  (:func:`window_order`), and the inverse as one row scatter; each is the other's backward.
+* :func:`window_attention`: ``softmax(Q Q^T) V`` per window; the maps a sharing GMSA reuses
+  are handed over as :class:`SharedAttention`.
+
+The hand-written autograd functions follow the rules of :mod:`~elan_arch.archs.fast_ops`
+(float32/float64, plain operations under ``torch.compile``, a trace or autocast).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import List, NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .fast_ops import _custom_ok, _needs_autograd
+
+# --------------------------------------------------------------------------------------- windows
+
+def _window_order(h: int, w: int, ws: int, rolled: bool, device: torch.device) -> Tensor:
+    rows = torch.arange(h, device=device)
+    cols = torch.arange(w, device=device)
+    if rolled:
+        rows, cols = (rows + ws // 2) % h, (cols + ws // 2) % w
+    index = rows.view(h // ws, ws, 1, 1) * w + cols.view(1, 1, w // ws, ws)  # (h/ws, ws, w/ws, ws)
+    return index.permute(0, 2, 1, 3).reshape(-1)
+
+
+@lru_cache(maxsize=64)
+def _batch_window_order(batch: int, h: int, w: int, ws: int, rolled: bool, device: torch.device) -> Tensor:
+    order = _window_order(h, w, ws, rolled, device)
+    return (torch.arange(batch, device=device).view(-1, 1) * (h * w) + order).view(-1)
+
+
+def window_order(batch: int, h: int, w: int, ws: int, rolled: bool, device: torch.device) -> Tensor:
+    """Row indices of the (batch * h * w) pixels of ``batch`` row-major (h, w) maps, listed image by
+    image and window by window (``window_partition`` order).
+
+    With ``rolled`` the windows are those of the maps cyclically rolled by (-ws/2, -ws/2), so
+    gathering these rows is roll + partition, and scattering back to them is window reverse +
+    the opposite roll. Cached per shape in eager mode; computed inside the graph under
+    ``torch.compile`` (which then folds it to a constant).
+    """
+    if torch.compiler.is_compiling():
+        return _batch_window_order.__wrapped__(batch, h, w, ws, rolled, device)
+    return _batch_window_order(batch, h, w, ws, rolled, device)
+
+
+def _gather(x: Tensor, orders: Tuple[Tensor, ...], widths: Tuple[int, ...]) -> Tuple[Tensor, ...]:
+    groups, c = [], 0
+    for order, width in zip(orders, widths):
+        groups.append(x[:, c:c + width].index_select(0, order))
+        c += width
+    return tuple(groups)
+
+
+def _scatter(groups: Tuple[Optional[Tensor], ...], orders: Tuple[Tensor, ...], widths: Tuple[int, ...]) -> Tensor:
+    ref = next(g for g in groups if g is not None)
+    out = ref.new_empty(ref.shape[0], sum(widths))
+    c = 0
+    for group, order, width in zip(groups, orders, widths):
+        if group is None:  # a group without gradient
+            out[:, c:c + width] = 0
+        else:
+            out[:, c:c + width].index_copy_(0, order, group)
+        c += width
+    return out
+
+
+class _GatherWindows(torch.autograd.Function):
+    """Channel group i of ``x`` (P, sum c_i) gathered in the row order ``orders[i]``; backward scatters."""
+
+    @staticmethod
+    def forward(x: Tensor, orders: Tuple[Tensor, ...], widths: Tuple[int, ...]) -> Tuple[Tensor, ...]:  # type: ignore[override]
+        return _gather(x, orders, widths)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        ctx.orders, ctx.widths = inputs[1], inputs[2]
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> Tuple[Tensor, None, None]:  # type: ignore[override]
+        return _ScatterWindows.apply(ctx.orders, ctx.widths, *grads), None, None
+
+
+class _ScatterWindows(torch.autograd.Function):
+    """The inverse (and adjoint) of :class:`_GatherWindows`; backward gathers."""
+
+    @staticmethod
+    def forward(orders: Tuple[Tensor, ...], widths: Tuple[int, ...], *groups: Tensor) -> Tensor:  # type: ignore[override]
+        return _scatter(groups, orders, widths)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        ctx.orders, ctx.widths = inputs[0], inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], ...]:  # type: ignore[override]
+        return (None, None) + _GatherWindows.apply(grad, ctx.orders, ctx.widths)
+
+
+def pixels_to_windows(x: Tensor, orders: List[Tensor], widths: List[int]) -> Tuple[Tensor, ...]:
+    """Split the channels of ``x`` (P, sum c_i), P = batch * pixels, into groups and gather group i
+    in the row order ``orders[i]`` (:func:`window_order`: roll + window partition): (P, c_i) each.
+
+    The orders are permutations, so the backward is the exact inverse, :func:`windows_to_pixels`
+    (``index_copy_``, no zero-filled scatter-add). Under ``torch.compile`` (whose tracer breaks the
+    graph at these multi-output functions) the plain gathers are traced and the compiler derives
+    the backward."""
+    if torch.compiler.is_compiling():
+        return _gather(x, tuple(orders), tuple(widths))
+    return _GatherWindows.apply(x, tuple(orders), tuple(widths))
+
+
+def windows_to_pixels(groups: List[Tensor], orders: List[Tensor]) -> Tensor:
+    """The inverse of :func:`pixels_to_windows`: (P, c_i) each -> (P, sum c_i), one preallocated
+    output that every group is ``index_copy_``-ed into (no ``torch.cat``). Under ``torch.compile``:
+    the gathers by the inverse orders, concatenated, for the compiler to fuse."""
+    if torch.compiler.is_compiling():
+        return torch.cat([g.index_select(0, torch.argsort(order)) for g, order in zip(groups, orders)], dim=-1)
+    return _ScatterWindows.apply(tuple(orders), tuple(g.shape[-1] for g in groups), *groups)
+
+
+# ------------------------------------------------------------------------------------- attention
+
+def _materialise_maps(q: Tensor) -> bool:
+    """Whether attention maps are materialised (and shared as maps) rather than computed by
+    ``scaled_dot_product_attention`` (and shared as queries, recomputed by the sharing GMSA).
+
+    Measured: on the 2-core CPU, training with maps beats SDPA's flash kernel (whose CPU backward
+    is slow) and inference with SDPA beats maps. On CUDA, SDPA's fused kernels need head sizes
+    that ELAN lacks (20 in ELAN-light, 60 in ELAN); zero-padding q and v to a multiple of 8 gets
+    them accepted, but they were slower than maps on an H200 (ELAN-light x4, 480x640, float16:
+    71 against 42 ms; training steps of the paper recipes 10-25% slower), as the math fallback
+    was before: their tiles are far longer than ELAN's 16- and 64-token windows.
+    """
+    return q.is_cuda or torch.is_grad_enabled() or q.dtype == torch.float16
+
+
+class SharedAttention(NamedTuple):
+    """The attention a computing GMSA hands to the sharing GMSAs of its ELAB, for one channel
+    group: the (N, L, L) maps where they are materialised (:func:`_materialise_maps`), else the
+    (N, L, Cq) queries to recompute them from."""
+    maps: Optional[Tensor]
+    queries: Optional[Tensor]
+
+
+class _Attention(torch.autograd.Function):
+    """``maps = softmax(q q^T)`` and ``maps @ v`` with a backward that accumulates the sharing GMSAs'
+    gradient of the maps into the matrix product (``baddbmm``) and runs the softmax backward in place,
+    instead of autograd's separate sums and fresh (N, L, L) buffers. Same formulas as autograd's."""
+
+    @staticmethod
+    def forward(q: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:  # type: ignore[override]
+        maps = torch.bmm(q, q.transpose(1, 2))
+        maps = torch.ops.aten._softmax.out(maps, -1, False, out=maps)
+        return torch.bmm(maps, v), maps
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(inputs[0], inputs[1], output[1])
+
+    @staticmethod
+    def backward(ctx, grad_y: Optional[Tensor], grad_maps: Optional[Tensor]):  # type: ignore[override]
+        q, v, maps = ctx.saved_tensors
+        if grad_y is None and grad_maps is None:
+            return None, None
+        grad_v = None if grad_y is None else torch.bmm(maps.transpose(1, 2), grad_y)
+        if grad_y is None:
+            grad_s = grad_maps.clone()
+        elif grad_maps is None:
+            grad_s = torch.bmm(grad_y, v.transpose(1, 2))
+        else:  # the engine's buffer of the sharing GMSAs' gradients, used by nothing else
+            grad_s = grad_maps.baddbmm_(grad_y, v.transpose(1, 2))
+        torch.ops.aten._softmax_backward_data.out(grad_s, maps, -1, maps.dtype, grad_input=grad_s)
+        grad_q = torch.bmm(grad_s, q).baddbmm_(grad_s.transpose(1, 2), q)
+        return grad_q, grad_v
+
+
+def window_attention(v: Tensor, q: Optional[Tensor] = None,
+                     shared: Optional[SharedAttention] = None) -> Tuple[Tensor, SharedAttention]:
+    """``softmax(q @ q^T) @ v`` per window, unscaled as ELAN's GMSA.
+
+    Args:
+        v: (N, L, Cv) window values.
+        q: (N, L, Cq) window queries (= keys) of a computing GMSA.
+        shared: Instead of ``q``, for a sharing GMSA: what the computing GMSA's call returned.
+
+    Returns:
+        (N, L, Cv), and the :class:`SharedAttention` for the sharing GMSAs.
+
+    * Materialised maps: two ``bmm`` around a softmax (:class:`_Attention` under autograd for
+      float32/float64 outside compiled graphs); float16 logits and softmax in float32 (ELAN's
+      unscaled logits overflow float16).
+    * Otherwise (CPU inference): ``scaled_dot_product_attention(q, q, v, scale=1)``, a fused
+      kernel that never writes the maps.
+    """
+    if shared is not None:
+        if shared.maps is not None:
+            return torch.bmm(shared.maps.to(v.dtype), v), shared
+        q = shared.queries
+    assert q is not None, 'window_attention needs queries or a SharedAttention'
+    if not _materialise_maps(q):
+        return F.scaled_dot_product_attention(q, q, v, scale=1.0), SharedAttention(None, q)
+    if _needs_autograd(q, v) and _custom_ok(q) and v.dtype == q.dtype:
+        y, maps = _Attention.apply(q, v)
+        return y, SharedAttention(maps, None)
+    qf = q.float() if q.dtype == torch.float16 else q
+    maps = torch.bmm(qf, qf.transpose(1, 2)).softmax(dim=-1)
+    return torch.bmm(maps.to(v.dtype), v), SharedAttention(maps, None)
