@@ -299,6 +299,24 @@ def test_cpu_autocast_keeps_its_precision_choices():
 
 
 def test_training_path_compiles_without_graph_breaks():
-    net = ELAN(upscale=2, c_elan=15, m_elan=4, window_sizes=[2, 4, 8]).train()
+    net = ELAN(upscale=2, c_elan=15, m_elan=4, window_sizes=[2, 4, 8], fast_training=True).train()
     explanation = torch._dynamo.explain(lambda x: net(x).sum())(torch.rand(2, 3, 16, 16))
     assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
+
+
+@pytest.mark.parametrize('fast_training, traced', [(None, 'reference'), (True, 'fast'), (False, 'reference')])
+def test_compiled_training_traces_the_reference_unless_forced(monkeypatch, fast_training, traced):
+    """Under torch.compile the default (None) traces the module tree, which the compiler fuses better
+    than the fast path's formulas; fast_training=True still forces the fast path. Eagerly, None is fast on the CPU."""
+    net = ELAN(upscale=2, c_elan=15, m_elan=4, window_sizes=[2, 4, 8], fast_training=fast_training).train()
+    calls = []
+    original = elan_fast.forward_padded
+    monkeypatch.setattr(elan_fast, 'forward_padded', lambda *a: calls.append('fast') or original(*a))
+    x = torch.rand(2, 3, 16, 16)
+    expected = net(x)
+    assert calls == ([] if fast_training is False else ['fast'])
+    calls.clear()
+    torch._dynamo.reset()
+    got = torch.compile(net, backend='eager', fullgraph=True)(x)
+    assert calls == ([] if traced == 'reference' else ['fast'])
+    assert torch.allclose(got, expected, atol=1e-4)
