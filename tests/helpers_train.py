@@ -33,10 +33,10 @@ def ok(result: subprocess.CompletedProcess) -> str:
     return result.stdout + result.stderr
 
 # A tiny ELAN (one block pair, 75K parameters) on 32-pixel HR patches: with batches of 24 an epoch of the
-# demo's 236 training sub-images is 9 iterations (per rank at 12 with two ranks), about 0.2 s each on a
-# 2-core CPU, so a run is dominated by its start-up.
+# demo's 129 training sub-images, each listed twice, is 10 iterations (5 per rank with two ranks), about
+# 0.2 s each on a 2-core CPU, so a run is dominated by its start-up.
 TINY = ['network_g:m_elan=2', 'datasets:train:gt_size=32', 'datasets:train:batch_size_per_gpu=24',
-        'datasets:train:num_worker_per_gpu=0', 'datasets:train:dataset_enlarge_ratio=1', 'logger:print_freq=1',
+        'datasets:train:num_worker_per_gpu=0', 'datasets:train:dataset_enlarge_ratio=2', 'logger:print_freq=1',
         'val=~', 'logger:use_tb_logger=false']
 TEST_ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1', CUDA_VISIBLE_DEVICES='')
 DIST_WORKER = str(REPO / 'tests' / 'dist_worker.py')

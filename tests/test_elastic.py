@@ -23,7 +23,7 @@ from elan_arch import elastic
 from elan_arch.errors import ElanError
 from helpers_train import TEST_ENV, TINY, demo_root, frozen_option, same_parameters, worker_command
 
-# 2 ranks x batch 12: 9 iterations per epoch; checkpoints every 3 iterations.
+# 2 ranks x batch 12: 10 iterations per epoch; checkpoints every 3 iterations.
 DDP = [*TINY, 'datasets:train:batch_size_per_gpu=12', 'logger:save_checkpoint_freq=3']
 STANDALONE = ['--standalone', '--nproc_per_node=2']
 

@@ -16,7 +16,7 @@ import torch
 
 from helpers_train import TEST_ENV, TINY, demo_root, frozen_option, ok, run_python, same_parameters, worker_command
 
-# 12 iterations with checkpoints at 6 and 12; epochs of 9 iterations, so resuming at 6 continues an epoch
+# 12 iterations with checkpoints at 6 and 12; epochs of 10 iterations, so resuming at 6 continues an epoch
 # in its middle and then crosses into the next one.
 SCHEDULE = ['train:total_iter=12', 'train:scheduler:periods=[12]', 'logger:save_checkpoint_freq=6']
 OPTION = 'train_ELAN_light_x4_demo.yml'  # frozen_option's copy in the root
