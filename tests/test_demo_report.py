@@ -153,3 +153,14 @@ def test_demo_data_is_built_when_missing_and_rebuilt_when_made_from_another_phot
     own.mkdir()
     ensure_demo_data(own)  # someone's own data (no SOURCES.txt): never touched
     assert len(calls) == 2 and list(own.iterdir()) == []
+
+
+@pytest.mark.parametrize('cuda', [False, True])
+def test_demo_budget_is_the_option_files_on_the_cpu_and_larger_with_a_gpu(monkeypatch, cuda):
+    import torch
+
+    from elan_arch.demo import GPU_ITERS, default_iters
+
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
+    assert default_iters({'train': {'total_iter': 500}}) == (GPU_ITERS if cuda else 500)
+    assert default_iters({'train': {'total_iter': GPU_ITERS * 2}}) == GPU_ITERS * 2  # never less than the file's
