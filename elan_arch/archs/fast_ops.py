@@ -44,14 +44,15 @@ def _plain_ops() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
-def _custom_ok(x: Tensor) -> bool:
+def custom_functions_ok(x: Tensor) -> bool:
     """Whether the hand-written functions below serve ``x``: not under a compiler or a trace, and not
     under autocast (whose precision choices they would bypass), in float32 or float64."""
     return (not _plain_ops() and not torch.is_autocast_enabled(x.device.type)
             and x.dtype in (torch.float32, torch.float64))
 
 
-def _needs_autograd(*tensors: Optional[Tensor]) -> bool:
+def needs_autograd(*tensors: Optional[Tensor]) -> bool:
+    """Whether autograd records an operation on ``tensors`` (grad mode on and one of them requires grad)."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
@@ -111,7 +112,7 @@ def _linear_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], relu: boo
                     residual: Optional[Tensor]) -> Tensor:
     """``x @ weight^T + bias``, then ReLU or ``+ residual``, fused where oneDNN serves ``x``.
     (P, Cin) -> (P, Cout); a new tensor (``residual`` is not modified)."""
-    if _ONEDNN_LINEAR and x.device.type == 'cpu' and x.dtype == torch.float32 and _custom_ok(x):
+    if _ONEDNN_LINEAR and x.device.type == 'cpu' and x.dtype == torch.float32 and custom_functions_ok(x):
         if residual is not None:
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, 'add')
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'relu' if relu else 'none', [], '')
@@ -163,7 +164,7 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], relu: bool = False
     weight = weight.reshape(weight.shape[0], x.shape[1])
     x2 = pixel_rows(x)
     r2 = None if residual is None else pixel_rows(residual)
-    if _needs_autograd(x, weight, bias, r2) and _custom_ok(x):
+    if needs_autograd(x, weight, bias, r2) and custom_functions_ok(x):
         y = _Linear.apply(x2, weight, bias, r2, relu)
     else:
         y = _linear_forward(x2, weight, bias, relu, r2)
@@ -226,7 +227,7 @@ def linear_batchnorm(x: Tensor, weight: Tensor, bias: Tensor, bn: torch.nn.Batch
     """``bn(conv1x1(x))`` for a BatchNorm in train mode: batch statistics, and running statistics
     updated exactly as ``nn.BatchNorm2d`` does (unbiased variance, ``momentum``, or the cumulative
     average when it is None). (B, Cin, H, W) channels_last -> (B, Cout, H, W) channels_last."""
-    if not _custom_ok(x) or bn.weight is None:
+    if not custom_functions_ok(x) or bn.weight is None:
         return bn(linear(x, weight, bias))
     x2 = pixel_rows(x)
     out, mean, var = _BatchNormLinear.apply(x2, weight.reshape(weight.shape[0], x.shape[1]), bias, bn.weight,

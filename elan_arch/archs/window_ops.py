@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .fast_ops import _custom_ok, _needs_autograd
+from .fast_ops import custom_functions_ok, needs_autograd
 
 # --------------------------------------------------------------------------------------- windows
 
@@ -208,7 +208,7 @@ def window_attention(v: Tensor, q: Optional[Tensor] = None,
     assert q is not None, 'window_attention needs queries or a SharedAttention'
     if not _materialise_maps(q):
         return F.scaled_dot_product_attention(q, q, v, scale=1.0), SharedAttention(None, q)
-    if _needs_autograd(q, v) and _custom_ok(q) and v.dtype == q.dtype:
+    if needs_autograd(q, v) and custom_functions_ok(q) and v.dtype == q.dtype:
         y, maps = _Attention.apply(q, v)
         return y, SharedAttention(maps, None)
     qf = q.float() if q.dtype == torch.float16 else q
