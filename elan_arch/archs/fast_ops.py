@@ -45,8 +45,8 @@ def _plain_ops() -> bool:
 
 
 def custom_functions_ok(x: Tensor) -> bool:
-    """Whether the hand-written functions below serve ``x``: not under a compiler or a trace, and not
-    under autocast (whose precision choices they would bypass), in float32 or float64."""
+    """Whether the fast path's hand-written autograd functions serve ``x``: not under a compiler or a
+    trace, and not under autocast (whose precision choices they would bypass), in float32 or float64."""
     return (not _plain_ops() and not torch.is_autocast_enabled(x.device.type)
             and x.dtype in (torch.float32, torch.float64))
 
