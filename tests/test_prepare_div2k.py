@@ -118,3 +118,15 @@ def test_demo_from_real_photos_through_elan_dataset(tmp_path, monkeypatch):
         prepare_demo(root)
     prepare_demo(root, scales=(2, ), force=True, progress=False)
     assert sorted(p.name for p in root.glob('*.lmdb')) == ['DIV2K_train_HR_sub.lmdb', 'DIV2K_train_LR_bicubic_X2_sub.lmdb']
+
+
+def test_worker_defaults_fit_the_input_size():
+    """The demo's photos are small: one process unless asked (workers import torch first); DIV2K: the CPU cores."""
+    import os
+
+    from elan_arch.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(['prepare', 'demo']).workers == 1
+    assert parser.parse_args(['prepare', 'demo', '--workers', '3']).workers == 3
+    assert parser.parse_args(['prepare', 'div2k', '--input', 'x']).workers == min(8, os.cpu_count() or 1)
