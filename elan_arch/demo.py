@@ -77,8 +77,19 @@ def cpu_busy(seconds: float = 0.5, threshold: float = 0.25,
     return total > 0 and (total - idle) / total > threshold
 
 
-def run_logged(argv: Sequence[str], total_iters: Optional[int] = None) -> None:
-    """Run a ``basicsr`` command; with ``total_iters`` show a tqdm bar driven by its log lines.
+def command_env() -> Dict[str, str]:
+    """The environment of the demo's ``basicsr`` commands: unbuffered output, and passive OpenMP waiting
+    if the CPU is busy now (:func:`cpu_busy`) and the user has not chosen a policy."""
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    if 'OMP_WAIT_POLICY' not in env and cpu_busy():
+        env['OMP_WAIT_POLICY'] = 'PASSIVE'
+    return env
+
+
+def run_logged(argv: Sequence[str], total_iters: Optional[int] = None,
+               env: Optional[Dict[str, str]] = None) -> None:
+    """Run a ``basicsr`` command in ``env`` (default: :func:`command_env`, decided now); with
+    ``total_iters`` show a tqdm bar driven by its log lines.
 
     Validation results and errors are echoed; the full log is in the experiment folder. On failure
     the last 40 lines of output are printed and :class:`ElanError` is raised.
@@ -87,9 +98,8 @@ def run_logged(argv: Sequence[str], total_iters: Optional[int] = None) -> None:
 
     command = [sys.executable, '-m', 'elan_arch.cli.basicsr_cmd', *argv]
     print('$ basicsr ' + ' '.join(argv), flush=True)
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    if 'OMP_WAIT_POLICY' not in env and cpu_busy():
-        env['OMP_WAIT_POLICY'] = 'PASSIVE'
+    if env is None:
+        env = command_env()
     tail: List[str] = []
     bar = tqdm(total=total_iters, unit='iter', desc='training', dynamic_ncols=True) if total_iters else None
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
@@ -219,8 +229,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if iters < 1:
             raise ElanError(f'--iters {iters}: must be at least 1')
         overrides = [f'train:total_iter={iters}', f'train:scheduler:periods=[{iters}]']
-        run_logged(['train', '-opt', TRAIN_OPT, '--force_yml', *overrides], total_iters=iters)
-        run_logged(['test', '-opt', TEST_OPT])
+        env = command_env()  # one decision for both commands, taken as the demo starts
+        run_logged(['train', '-opt', TRAIN_OPT, '--force_yml', *overrides], total_iters=iters, env=env)
+        run_logged(['test', '-opt', TEST_OPT], env=env)
         test_set = test_opt['datasets']['test_1']
         images = load_images(Path(test_set['dataroot_gt']), Path(test_set['dataroot_lq']),
                              Path('results', test_opt['name'], 'visualization', test_set['name']),

@@ -31,7 +31,6 @@ from elan_arch.allocator import tune_process
 from elan_arch.bench_train import make_step
 
 PRODUCTS = {'mm', 'bmm', 'addmm', 'addmm_', 'baddbmm', 'baddbmm_', '_linear_pointwise', 'convolution'}
-Signature = Tuple[Any, ...]
 
 
 def _signature(value: Any) -> Any:

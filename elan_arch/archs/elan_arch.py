@@ -243,8 +243,8 @@ class ELAN(nn.Module):
             it slower than the reference arithmetic, nor under ``torch.compile``, which fuses the
             reference's rolls, partitions and concatenations itself (measured on the 2-core CPU: a
             compiled training step of the reference 0.79 s against 0.85 s for the eager fast path;
-            the fast path's formulas compiled, 1.24 s against 0.89 s eager). True / False force it on / off (``network_g.fast_training`` in
-            an option file).
+            the fast path's formulas compiled, 1.24 s against 0.89 s eager). True / False force it
+            on / off (``network_g.fast_training`` in an option file).
 
     Attribute ``fast_inference`` (default True): in eval mode with autograd off
     (``torch.no_grad``/``inference_mode``, as in BasicSR validation and testing), run the

@@ -4,7 +4,7 @@ Layout under ``root`` (default ``datasets/demo``)::
 
     DIV2K_train_HR/0001.png ... 0009.png        training photos, DIV2K naming (SOURCES.txt says which)
     DIV2K_train_HR_sub.lmdb/                    } made by prepare_div2k (crop 240, step 120:
-    DIV2K_train_LR_bicubic_X{s}_sub.lmdb/       }  the photos are 300-1400 px, DIV2K's are 2K)
+    DIV2K_train_LR_bicubic_X{s}_sub.lmdb/       }  the photos are 300-640 px, DIV2K's are 2K)
     val/HR/<name>.png                           held-out photos, never in the training set
     val/GTmod12/<name>.png, val/LRbicx{s}/      made by prepare_benchmark
 
