@@ -29,7 +29,7 @@ from .fileio import atomic_path
 
 _BLOCK_KEY = re.compile(r'^body\.(\d+)\.modules_gmsa\.gmsa_(\d+)\.project_inp\.0\.weight$')
 #: Keyword arguments of :class:`ELAN` that describe the network (what ``network_g`` may set).
-ELAN_KWARGS = tuple(p for p in inspect.signature(ELAN).parameters if p != 'fast_training')
+ELAN_KWARGS = tuple(p for p in inspect.signature(ELAN).parameters if p not in ('fast_training', 'fused_attention'))
 #: Formats ``convert_checkpoint`` writes.
 OUTPUT_FORMATS = ('pth', 'safetensors')
 

@@ -135,8 +135,8 @@ def test_a_mutated_fast_path_is_caught(monkeypatch, mutation):
         monkeypatch.setattr(elan_fast, 'linear_batchnorm', lambda x, weight, bias, bn: fast_ops.linear(
             x, *elan_fast.fold_batchnorm(SimpleNamespace(weight=weight, bias=bias), bn)))
     else:  # sharing GMSAs attend with their own values as queries
-        original_attention = elan_fast.window_attention
-        monkeypatch.setattr(elan_fast, 'window_attention',
+        original_attention = window_ops.window_attention
+        monkeypatch.setattr(window_ops, 'window_attention',
                             lambda v, q=None, shared=None: original_attention(v, q=v if q is None else q))
     diffs = compare(net, x.double(), gt.double())
     assert max(diffs.values()) > 1e-3, diffs

@@ -245,10 +245,15 @@ class ELAN(nn.Module):
             compiled training step of the reference 0.79 s against 0.85 s for the eager fast path;
             the fast path's formulas compiled, 1.24 s against 0.89 s eager). True / False force it
             on / off (``network_g.fast_training`` in an option file).
+        fused_attention: On the fast path, run each GMSA's window attention as the fused Triton
+            kernels of :mod:`~elan_arch.archs.window_kernels` (forward and backward; CUDA, float32,
+            float16 or bfloat16) instead of window gathers and ``bmm``: the windows and attention maps
+            never reach memory. Off by default until measured on a GPU; where the kernels do not
+            serve (no Triton, the CPU, 2x2 windows) the fast path keeps the ``bmm`` form.
 
     Attribute ``fast_inference`` (default True): in eval mode with autograd off
     (``torch.no_grad``/``inference_mode``, as in BasicSR validation and testing), run the
-    fast path too. Neither attribute is part of the state_dict.
+    fast path too. None of these three attributes is part of the state_dict.
 
     Shape: (B, colors, H, W) in [0, 1] -> (B, colors, H*upscale, W*upscale), any H, W.
     """
@@ -263,7 +268,8 @@ class ELAN(nn.Module):
                  window_sizes: Sequence[int] = (4, 8, 16),
                  img_range: float = 255.,
                  rgb_mean: Optional[Sequence[float]] = DIV2K_RGB_MEAN,
-                 fast_training: Optional[bool] = None) -> None:
+                 fast_training: Optional[bool] = None,
+                 fused_attention: bool = False) -> None:
         super().__init__()
         window_sizes = [int(ws) for ws in window_sizes]
         if upscale < 1:
@@ -281,6 +287,7 @@ class ELAN(nn.Module):
         self.pad_multiple = reduce(math.lcm, window_sizes)
         self.fast_inference = True
         self.fast_training = fast_training
+        self.fused_attention = bool(fused_attention)
 
         self.sub_mean: nn.Module = nn.Identity()
         self.add_mean: nn.Module = nn.Identity()

@@ -11,7 +11,8 @@ of :mod:`~elan_arch.archs.fast_ops` and :mod:`~elan_arch.archs.window_ops` (each
 * GMSA: ``project_inp``'s BatchNorm in train mode as part of the 1x1 conv's matrix product
   (batch statistics from the input's covariance; running statistics updated as
   ``nn.BatchNorm2d`` does), folded into the conv in eval mode; the roll and window partition of
-  each group as one row gather; window attention with the maps a sharing GMSA reuses;
+  each group as one row gather; window attention with the maps a sharing GMSA reuses (or, with
+  ``ELAN.fused_attention`` on CUDA, all of that as one fused Triton kernel per group);
   ``project_out`` with the residual addition in one pass.
 * Without autograd, the remaining residual additions are in place.
 
@@ -20,13 +21,14 @@ parameter count and checkpoints are those of the module tree.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .fast_ops import linear, linear_batchnorm, pixel_map, pixel_rows, shift
-from .window_ops import SharedAttention, pixels_to_windows, window_attention, window_order, windows_to_pixels
+from . import window_kernels
+from .window_ops import AttentionState, gmsa_attention, window_order
 
 if TYPE_CHECKING:  # the arch module imports this one
     from .elan_arch import ELAB, ELAN, GMSA, LFE
@@ -62,40 +64,30 @@ def project_inp(m: GMSA, x: Tensor) -> Tensor:
     return linear(x, *fold_batchnorm(conv, bn))
 
 
-def gmsa(m: GMSA, x: Tensor,
-         shared: Optional[List[SharedAttention]]) -> Tuple[Tensor, List[SharedAttention]]:
-    """``x + m(x, ...)`` for a :class:`GMSA`, and the attention a sharing GMSA reuses.
+def gmsa(m: GMSA, x: Tensor, shared: Optional[AttentionState], fused: bool) -> Tuple[Tensor, AttentionState]:
+    """``x + m(x, ...)`` for a :class:`GMSA`, and the attention state a sharing GMSA reuses.
 
     Args:
         x: (B, C, H, W) channels_last, H and W multiples of every window size.
-        shared: For a sharing GMSA, the computing GMSA's :class:`SharedAttention` per group.
+        shared: For a sharing GMSA, what the computing GMSA's call returned.
+        fused: Window attention as :mod:`~elan_arch.archs.window_kernels`' fused kernels.
 
     Returns:
-        (B, C, H, W) channels_last, and this layer's :class:`SharedAttention` per group.
+        (B, C, H, W) channels_last, and this layer's :data:`~elan_arch.archs.window_ops.AttentionState`.
     """
     b, _, h, w = x.shape
     proj = pixel_rows(project_inp(m, x))
     orders = [window_order(b, h, w, ws, m.shift, x.device) for ws in m.window_sizes]
-    outputs, states = [], []
-    for idx, (ws, tokens) in enumerate(zip(m.window_sizes, pixels_to_windows(proj, orders, m.split_chns))):
-        tokens = tokens.view(-1, ws * ws, tokens.shape[-1])
-        if shared is None:
-            q, v = tokens.chunk(2, dim=-1)
-            y, state = window_attention(v, q=q)
-        else:
-            y, state = window_attention(tokens, shared=shared[idx])
-        outputs.append(y.view(b * h * w, -1))
-        states.append(state)
-    out = pixel_map(windows_to_pixels(outputs, orders), b, h, w)
-    return linear(out, m.project_out.weight, m.project_out.bias, residual=x), states
+    out, state = gmsa_attention(proj, orders, m.window_sizes, m.split_chns, shared, fused)
+    return linear(pixel_map(out, b, h, w), m.project_out.weight, m.project_out.bias, residual=x), state
 
 
-def elab(m: ELAB, x: Tensor) -> Tensor:
-    """``m(x)`` for an :class:`ELAB`. (B, C, H, W) channels_last -> same."""
+def elab(m: ELAB, x: Tensor, fused: bool) -> Tensor:
+    """``m(x)`` for an :class:`ELAB` (``fused``: see :func:`gmsa`). (B, C, H, W) channels_last -> same."""
     shared = None
     for lfe_m, gmsa_m in zip(m.modules_lfe.values(), m.modules_gmsa.values()):
         x = lfe(lfe_m, x)
-        x, shared = gmsa(gmsa_m, x, shared)
+        x, shared = gmsa(gmsa_m, x, shared, fused)
     return x
 
 
@@ -104,10 +96,11 @@ def forward_padded(net: ELAN, x: Tensor) -> Tensor:
 
     Shape: (B, colors, H, W) in [0, 1] -> (B, colors, H*scale, W*scale), contiguous.
     """
+    fused = net.fused_attention and window_kernels.available(x, net.window_sizes)
     x = x.contiguous(memory_format=torch.channels_last) * net.img_range
     x = net.head(net.sub_mean(x))
     res = x
     for block in net.body:
-        x = elab(block, x)
+        x = elab(block, x, fused)
     x = net.add_mean(net.tail(x.add_(res) if _inplace_ok() else x + res))
     return (x.div_(net.img_range) if _inplace_ok() else x / net.img_range).contiguous()

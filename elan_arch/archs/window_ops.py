@@ -5,6 +5,9 @@
   (:func:`window_order`), and the inverse as one row scatter; each is the other's backward.
 * :func:`window_attention`: ``softmax(Q Q^T) V`` per window; the maps a sharing GMSA reuses
   are handed over as :class:`SharedAttention`.
+* :func:`gmsa_attention`: all of a GMSA's groups, from its ``project_inp`` output to the attention
+  output, either as the three steps above or as the fused kernels of
+  :mod:`~elan_arch.archs.window_kernels` (CUDA, Triton), which never write the windows or the maps.
 
 The hand-written autograd functions follow the rules of :mod:`~elan_arch.archs.fast_ops`
 (float32/float64, plain operations under ``torch.compile``, a trace or autocast).
@@ -12,12 +15,13 @@ The hand-written autograd functions follow the rules of :mod:`~elan_arch.archs.f
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import window_kernels
 from .fast_ops import custom_functions_ok, needs_autograd
 
 # --------------------------------------------------------------------------------------- windows
@@ -214,3 +218,43 @@ def window_attention(v: Tensor, q: Optional[Tensor] = None,
     qf = q.float() if q.dtype == torch.float16 else q
     maps = torch.bmm(qf, qf.transpose(1, 2)).softmax(dim=-1)
     return torch.bmm(maps.to(v.dtype), v), SharedAttention(maps, None)
+
+
+#: What a computing GMSA hands to the sharing GMSAs of its ELAB: a :class:`SharedAttention` per group,
+#: or, from the fused kernels, its whole ``project_inp`` output (the queries to recompute the maps from).
+AttentionState = Union[List[SharedAttention], Tensor]
+
+
+def gmsa_attention(proj: Tensor, orders: List[Tensor], window_sizes: Sequence[int], split: Sequence[int],
+                   shared: Optional[AttentionState], fused: bool) -> Tuple[Tensor, AttentionState]:
+    """Window attention of all groups of a GMSA, in pixel order.
+
+    Args:
+        proj: (P, sum(split)) the ``project_inp`` output, one row per pixel (P = batch * pixels).
+        orders: Per group, :func:`window_order` of its window size (with the roll of shifted blocks).
+        window_sizes, split: The GMSA's window size and ``project_inp`` channels per group.
+        shared: None for a computing GMSA (each group: queries, then values); for a sharing GMSA
+            (values only), what the computing GMSA's call returned.
+        fused: Use :mod:`~elan_arch.archs.window_kernels` (the caller checks
+            :func:`~elan_arch.archs.window_kernels.available`).
+
+    Returns:
+        (P, C) the groups' outputs side by side, and the state for the sharing GMSAs.
+    """
+    if fused:
+        groups = window_kernels.gmsa_groups(window_sizes, split, computing=shared is None)
+        q_source = proj if shared is None else shared
+        assert isinstance(q_source, Tensor), 'a fused sharing GMSA needs a fused computing GMSA'
+        return window_kernels.window_attention(q_source, proj, orders, groups), q_source
+    outputs, states = [], []
+    for idx, (ws, tokens) in enumerate(zip(window_sizes, pixels_to_windows(proj, orders, list(split)))):
+        tokens = tokens.view(-1, ws * ws, tokens.shape[-1])
+        if shared is None:
+            q, v = tokens.chunk(2, dim=-1)
+            y, state = window_attention(v, q=q)
+        else:
+            assert isinstance(shared, list), 'a sharing GMSA on the bmm form needs a computing GMSA on it'
+            y, state = window_attention(tokens, shared=shared[idx])
+        outputs.append(y.view(proj.shape[0], -1))
+        states.append(state)
+    return windows_to_pixels(outputs, orders), states
