@@ -115,7 +115,7 @@ def markdown_training(results: List[TrainResult], batch: int, setup: str,
     lines = [setup, '', '| model | trainable params | step (ms, median) | samples/s | speed-up vs its reference arithmetic |',
              '|---|---:|---:|---:|---:|']
     for r in results:
-        ref = by_key.get(f'{r.key}-ref')
+        ref = by_key.get(f'{r.key.removesuffix("-fused")}-ref')
         ratio = f'{ref.median / r.median:.2f}x' if ref is not None else 'n/a'
         lines.append(f'| {r.name} | {r.params:,} | {r.median * 1e3:.0f} (min {min(r.times) * 1e3:.0f}) | '
                      f'{batch / r.median:.1f} | {ratio} |')

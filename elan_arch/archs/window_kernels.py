@@ -30,7 +30,7 @@ tensors, which is how the tests check them without a GPU.
 from __future__ import annotations
 
 import os
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -179,11 +179,15 @@ def _precision(x: Tensor) -> str:
     return 'tf32'  # ignored for 16-bit inputs
 
 
-def _launch_shape(group: Group, pixels: int) -> Tuple[Tuple[int, int], int, int]:
+def _launch(group: Group, pixels: int) -> Tuple[Tuple[int, int], Dict[str, int]]:
+    """Grid and constants of a kernel launch for ``group``: one program per (window, block of tokens),
+    one warp per 16 tokens of the block (a 4x4 window's 16 tokens need one)."""
     tokens = group.window_size ** 2
     block = block_size(tokens)
     assert block is not None and pixels % tokens == 0, f'windows of {tokens} tokens do not tile {pixels} pixels'
-    return (pixels // tokens, tokens // block), tokens, block
+    constants = dict(TOKENS=tokens, D=group.channels, BLOCK=block,
+                     BLOCK_D=max(16, triton.next_power_of_2(group.channels)), num_warps=max(1, block // 16))
+    return (pixels // tokens, tokens // block), constants
 
 
 def _forward(q_source: Tensor, v_source: Tensor, orders: Sequence[Tensor], groups: Sequence[Group],
@@ -192,12 +196,11 @@ def _forward(q_source: Tensor, v_source: Tensor, orders: Sequence[Tensor], group
     out = v_source.new_empty(pixels, sum(g.channels for g in groups))
     lse = torch.empty(pixels, len(groups), dtype=torch.float32, device=v_source.device) if store_lse else out
     for index, (group, order) in enumerate(zip(groups, orders)):
-        grid, tokens, block = _launch_shape(group, pixels)
+        grid, constants = _launch(group, pixels)
         _attention_forward[grid](
             q_source, v_source, out, lse, order, q_source.stride(0), v_source.stride(0), out.stride(0),
             lse.stride(0), group.q_offset, group.v_offset, group.o_offset, index,
-            TOKENS=tokens, D=group.channels, BLOCK=block, BLOCK_D=max(16, triton.next_power_of_2(group.channels)),
-            STORE_LSE=store_lse, PRECISION=_precision(q_source))
+            STORE_LSE=store_lse, PRECISION=_precision(q_source), **constants)
     return out, (lse if store_lse else None)
 
 
@@ -233,12 +236,11 @@ class _WindowAttention(torch.autograd.Function):
             grad_q = torch.zeros_like(q_source)
             grad_v = (torch.empty_like if values == v_source.shape[1] else torch.zeros_like)(v_source)
         for index, (group, order) in enumerate(zip(groups, orders)):
-            grid, tokens, block = _launch_shape(group, pixels)
+            grid, constants = _launch(group, pixels)
             _attention_backward[grid](
                 q_source, v_source, grad_out, lse, delta, grad_q, grad_v, order, q_source.stride(0),
                 v_source.stride(0), grad_out.stride(0), lse.stride(0), group.q_offset, group.v_offset,
-                group.o_offset, index, TOKENS=tokens, D=group.channels, BLOCK=block,
-                BLOCK_D=max(16, triton.next_power_of_2(group.channels)), PRECISION=_precision(q_source))
+                group.o_offset, index, PRECISION=_precision(q_source), **constants)
         if ctx.same:
             return grad_q, None, None, None
         return grad_q, grad_v, None, None

@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from ..archs import window_kernels
 from ..archs.elan_arch import pad_to_multiple
 from ..errors import ElanError
 
@@ -28,14 +29,16 @@ MODELS: Dict[str, str] = {
     'elan-light-ref': 'ELAN-light (reference path)',
     'elan': 'ELAN',
     'elan-ref': 'ELAN (reference path)',
+    'elan-light-fused': 'ELAN-light (fused attention)',
+    'elan-fused': 'ELAN (fused attention)',
     'elan-light-onnx': 'ELAN-light (onnxruntime)',
     'swinir-light': 'SwinIR-light',
     'edsr': 'EDSR-baseline',
 }
 BASELINE = 'swinir-light'
 #: Measured only when named in ``--models``: the ONNX export needs an extra (``pip install 'elan-arch[onnx]'``),
-#: ELAN's reference arithmetic is slow to wait for.
-OPTIONAL_MODELS = ('elan-light-onnx', 'elan-ref')
+#: ELAN's reference arithmetic is slow to wait for, the fused attention kernels need CUDA (``ELAN.fused_attention``).
+OPTIONAL_MODELS = ('elan-light-onnx', 'elan-ref', 'elan-light-fused', 'elan-fused')
 #: ``--train``'s default models.
 TRAIN_MODELS = ['elan-light', 'elan-light-ref', 'elan', 'elan-ref', 'swinir-light']
 
@@ -121,6 +124,7 @@ def build_model(key: str, scale: int):
     elif key.startswith('elan'):
         net = ELAN(upscale=scale, **ELAN_VARIANTS['ELAN-light' if key.startswith('elan-light') else 'ELAN'])
         net.fast_inference = net.fast_training = not key.endswith('-ref')
+        net.fused_attention = key.endswith('-fused')
     elif key == 'swinir-light':
         net = PadToMultiple(SwinIR(upscale=scale, in_chans=3, img_size=64, window_size=8, img_range=1.,
                                    depths=[6, 6, 6, 6], embed_dim=60, num_heads=[6, 6, 6, 6], mlp_ratio=2,
@@ -305,6 +309,10 @@ def run(args: argparse.Namespace) -> int:
     device, dtype = select_device(args.device, args.half)
     if args.threads:
         torch.set_num_threads(args.threads)
+    fused = [key for key in args.models or () if key.endswith('-fused')]
+    if fused and (device.type != 'cuda' or window_kernels.triton is None):
+        raise ElanError(f'--models {" ".join(fused)}: the fused attention kernels need a CUDA device and Triton '
+                        f'(here: {device.type}{"" if window_kernels.triton else ", no Triton"})')
     if device.type == 'cuda':
         where = torch.cuda.get_device_name(device)
     else:
