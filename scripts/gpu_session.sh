@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The GPU checks this project still owes, as one command for a session that is lent a GPU machine (the
+# `device` tool: a bare machine with PyTorch and Triton but no basicsr, no network, one call of at most
+# 10 minutes, 15 minutes of device time in all). In order of importance, each step time-limited, all within
+# about 9 minutes:
+#   1. tests/test_window_kernels.py on CUDA (the fused attention kernels in float32, float16, bfloat16,
+#      whole networks, autocast) and tests/test_cuda.py (AMP training, resume, NCCL torchrun, inference);
+#   2. `elan bench --train` at the paper recipe's ELAN-light step (batch 64 of 64x64 LR patches), float32 and
+#      bf16: reference arithmetic, fast path, fast path with fused attention (elan_arch/archs/window_kernels.py);
+#   3. scripts/recipe_speed.py: s/iteration of train_ELAN_light_x4.yml through `basicsr train`, data included,
+#      reference vs fused attention, float32 and bf16;
+#   4. `elan bench` inference, float32 and float16, with and without fused attention.
+#
+# Here, once (downloads what the GPU image lacks, basicsr and lmdb, into .whl/, which git ignores):
+#   scripts/gpu_session.sh wheels
+# Then through the device tool, carrying .whl:
+#   run(command="bash scripts/gpu_session.sh run", carry=[".whl"], timeout_s=600)
+# Everything it prints is also written under $OUT (./gpu_results without one).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = wheels ]; then
+    set -e
+    mkdir -p .whl
+    python3 -m pip wheel --quiet --no-deps --no-build-isolation -w .whl basicsr==1.4.2
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d .whl lmdb==3.0.0
+    ls -l .whl
+    exit 0
+fi
+[ "${1:-}" = run ] || { echo "usage: $0 wheels | run" >&2; exit 2; }
+
+OUT="${OUT:-gpu_results}"
+mkdir -p "$OUT"
+exec > >(tee "$OUT/gpu_session.log") 2>&1
+export PYTHONUNBUFFERED=1
+python3 -c 'import importlib.util as u, sys; sys.exit(u.find_spec("basicsr") is None)' || {
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+}
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
+START=$SECONDS
+# step NAME SECONDS COMMAND...: runs COMMAND with a time limit, unless less than a minute of the 9 is left
+step() {
+    local name=$1 limit=$2; shift 2
+    local left=$((540 - (SECONDS - START)))
+    if [ "$left" -lt 60 ]; then echo "=== [$((SECONDS - START))s] $name: skipped, $left s left"; return; fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    echo "=== [$((SECONDS - START))s] $name (limit ${limit}s)"
+    timeout "$limit" "$@"
+    echo "=== [$((SECONDS - START))s] $name: exit $?"
+}
+
+nvidia-smi -L
+python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name())'
+step kernel-tests 150 python3 -m pytest -q -p no:cacheprovider -x tests/test_window_kernels.py
+step train-bench-fp32 75 python3 -m elan_arch bench --train --device cuda --batch 64 --patch 64 --runs 8 --warmup 3 \
+    --models elan-light elan-light-ref elan-light-fused --output-dir "$OUT" --force
+step train-bench-bf16 75 python3 -m elan_arch bench --train --device cuda --batch 64 --patch 64 --runs 8 --warmup 3 \
+    --amp bf16 --models elan-light elan-light-ref elan-light-fused --output-dir "$OUT" --force
+step recipe-speed 200 python3 scripts/recipe_speed.py --options options/train_ELAN_light_x4.yml --iters 60 \
+    --warmup 20 --variants fp32 fp32+fused bf16 bf16+fused --root /tmp/recipe_speed
+cp /tmp/recipe_speed/*.md "$OUT"/ 2>/dev/null
+step cuda-tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step infer-bench 60 python3 -m elan_arch bench --device cuda --models elan-light elan-light-fused elan elan-fused \
+    --output-dir "$OUT" --force
+step infer-bench-half 60 python3 -m elan_arch bench --device cuda --half --models elan-light elan-light-fused elan \
+    elan-fused --output-dir "$OUT" --force
+echo "=== done in $((SECONDS - START)) s"
