@@ -10,7 +10,7 @@
    held-out photos as validation set, validation only at the end. A variant is ``+``-joined words:
    ``fp32`` (the default arithmetic; TF32 where cuDNN enables it), ``bf16`` / ``fp16`` (``train.amp``),
    ``compile`` (``train.compile: true``), ``fast`` / ``ref`` (``network_g.fast_training: true / false``),
-   ``fused`` (the fast path with ``network_g.fused_attention: true``, CUDA).
+   ``fused`` (``network_g.fused_attention: true``: the fast path with fused attention kernels, CUDA).
 3. BasicSR logs the running mean of the iteration time; the seconds per iteration between the first
    log line at or after ``--warmup`` and the last one are ``(b * T_b - a * T_a) / (b - a)``.
 
@@ -33,7 +33,7 @@ import yaml
 LOG_LINE = re.compile(r'iter:\s*([\d,]+),.*?time \(data\): ([\d.]+) \(([\d.]+)\)')
 WORDS = {'fp32': [], 'bf16': ['train:amp=bf16'], 'fp16': ['train:amp=fp16'], 'compile': ['train:compile=true'],
          'fast': ['network_g:fast_training=true'], 'ref': ['network_g:fast_training=false'],
-         'fused': ['network_g:fast_training=true', 'network_g:fused_attention=true']}
+         'fused': ['network_g:fused_attention=true']}
 
 
 def variant_overrides(variant: str) -> List[str]:

@@ -201,6 +201,8 @@ def test_option_and_dispatch(monkeypatch):
     auto = ELAN(upscale=2, c_elan=15, m_elan=2, window_sizes=[2, 4, 8])
     assert auto.fast_training is None and auto.uses_fast_path(x)  # default: on for CPU tensors
     assert not auto.uses_fast_path(SimpleNamespace(is_cuda=True))  # not for CUDA: measured slower so far
+    auto.fused_attention = True  # ... unless its fused attention kernels are asked for
+    assert auto.uses_fast_path(SimpleNamespace(is_cuda=True))
 
 
 def test_option_file_switch_builds_the_reference_arithmetic():

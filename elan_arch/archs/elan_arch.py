@@ -239,8 +239,9 @@ class ELAN(nn.Module):
         fast_training: Train (and run anything that needs gradients or BatchNorm batch
             statistics) on :mod:`~elan_arch.archs.elan_fast`, the same function with the same
             gradients, reorganised for speed. ``None`` (default): on the CPU, where it is measured
-            faster, but neither on CUDA, where the one measurement so far (H200, paper recipes) found
-            it slower than the reference arithmetic, nor under ``torch.compile``, which fuses the
+            faster, but neither on CUDA, where the one measurement so far (H200, paper recipes, before
+            ``fused_attention``) found it slower than the reference arithmetic (unless
+            ``fused_attention`` asks for the fast path's kernels), nor under ``torch.compile``, which fuses the
             reference's rolls, partitions and concatenations itself (measured on the 2-core CPU: a
             compiled training step of the reference 0.79 s against 0.85 s for the eager fast path;
             the fast path's formulas compiled, 1.24 s against 0.89 s eager). True / False force it
@@ -248,8 +249,9 @@ class ELAN(nn.Module):
         fused_attention: On the fast path, run each GMSA's window attention as the fused Triton
             kernels of :mod:`~elan_arch.archs.window_kernels` (forward and backward; CUDA, float32,
             float16 or bfloat16) instead of window gathers and ``bmm``: the windows and attention maps
-            never reach memory. Off by default until measured on a GPU; where the kernels do not
-            serve (no Triton, the CPU, 2x2 windows) the fast path keeps the ``bmm`` form.
+            never reach memory. With ``fast_training: None`` it also puts CUDA training on the fast path.
+            Off by default until measured on a GPU; where the kernels do not serve (no Triton, the CPU,
+            2x2 windows, under ``torch.compile``) the fast path keeps the ``bmm`` form.
 
     Attribute ``fast_inference`` (default True): in eval mode with autograd off
     (``torch.no_grad``/``inference_mode``, as in BasicSR validation and testing), run the
@@ -313,7 +315,7 @@ class ELAN(nn.Module):
         if not self.training and not torch.is_grad_enabled():
             return self.fast_inference
         if self.fast_training is None:
-            return not x.is_cuda and not torch.compiler.is_compiling()
+            return (not x.is_cuda or self.fused_attention) and not torch.compiler.is_compiling()
         return self.fast_training
 
     def forward(self, x: Tensor) -> Tensor:

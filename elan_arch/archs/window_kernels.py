@@ -22,9 +22,9 @@ gradient: ``softmax(q q^T)`` of the same ``q``.
   recomputed from ``S_ij`` alone (``P_ji^T = exp(S_ij - lse_j)``), so each program writes its own
   rows once, without atomics.
 
-Float32 products are IEEE float32 (``torch.backends.cuda.matmul.allow_tf32`` switches them to
-TF32, as for ``torch.bmm``); float16/bfloat16 inputs multiply in their dtype with float32
-accumulation. Triton's interpreter (``TRITON_INTERPRET=1``) runs the same kernels on CPU
+Float32 products are IEEE float32 (``torch.backends.cuda.matmul.allow_tf32`` or
+``torch.set_float32_matmul_precision('high')`` switch them to TF32, as for ``torch.bmm``);
+float16/bfloat16 inputs multiply in their dtype with float32 accumulation. Triton's interpreter (``TRITON_INTERPRET=1``) runs the same kernels on CPU
 tensors, which is how the tests check them without a GPU.
 """
 from __future__ import annotations
@@ -64,8 +64,9 @@ def block_size(tokens: int) -> Optional[int]:
 
 
 def available(x: Tensor, window_sizes: Sequence[int]) -> bool:
-    """Whether the kernels serve ``x``: Triton installed, a CUDA tensor (a CPU one under the
-    interpreter), a served dtype, and windows of 16, 32, 48, 64, ... tokens."""
+    """Whether the kernels serve ``x``: Triton installed, not under ``torch.compile``, a CUDA tensor (a
+    CPU one under the interpreter), a served dtype, and window sizes that are multiples of 4 (windows of
+    a multiple of 16 tokens)."""
     if triton is None or x.dtype not in DTYPES or torch.compiler.is_compiling():
         return False
     if not (x.is_cuda or (interpreting() and x.device.type == 'cpu')):
@@ -173,10 +174,13 @@ if triton is not None:
                  mask=dmask[None, :])
 
 
-def _precision(x: Tensor) -> str:
-    if x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return 'ieee'
-    return 'tf32'  # ignored for 16-bit inputs
+def _precision(x: Tensor) -> Optional[str]:
+    """``tl.dot``'s input precision: IEEE float32 unless PyTorch's float32 matmul precision allows TF32
+    (``torch.backends.cuda.matmul.allow_tf32`` / ``set_float32_matmul_precision``), as for ``torch.bmm``;
+    Triton's default for 16-bit inputs."""
+    if x.dtype != torch.float32:
+        return None
+    return 'ieee' if torch.get_float32_matmul_precision() == 'highest' else 'tf32'
 
 
 def _launch(group: Group, pixels: int) -> Tuple[Tuple[int, int], Dict[str, int]]:
