@@ -4,6 +4,10 @@ They are CUDA kernels; without CUDA, Triton's interpreter (``TRITON_INTERPRET=1`
 the very same kernels on CPU tensors, so CI checks their arithmetic without a GPU; with CUDA they run on it."""
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
+import sys
 from contextlib import contextmanager
 from typing import Iterator, List
 
@@ -121,7 +125,7 @@ def test_where_the_kernels_serve(device, monkeypatch):
     assert window_kernels.available(x, [4, 8, 16])
     assert not window_kernels.available(x, [2, 4, 8])  # 2x2 windows: 4 tokens, below tl.dot's 16
     assert not window_kernels.available(x.double(), [4, 8, 16])
-    assert [window_kernels.block_size(n) for n in (4, 16, 36, 48, 64, 144, 256)] == [None, 16, None, 16, 64, 16, 64]
+    assert [window_kernels.block_size(n) for n in (4, 16, 36, 48, 64, 144, 256)] == [None, 16, None, 16, 32, 16, 32]
     monkeypatch.delenv('TRITON_INTERPRET', raising=False)
     assert not window_kernels.available(x.cpu(), [4, 8, 16])  # a CPU tensor, no interpreter: the bmm form
 
@@ -154,3 +158,45 @@ def test_network_under_autocast(device, dtype):
         results.append((out.float(), torch.cat([p.grad.flatten() for p in net.parameters()])))
     (out_f, grad_f), (out_b, grad_b) = results
     assert relative(out_f, out_b) < 1e-2 and relative(grad_f, grad_b) < 5e-2
+
+
+#: Compiles the kernels as ``_launch`` would launch them, with the real Triton compiler down to a cubin
+#: (which needs no GPU), for Hopper and Ampere, float32/bfloat16/float16, ELAN-light's and ELAN's widths.
+COMPILE = r"""
+import torch, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import elan_arch
+from elan_arch.archs import window_kernels as K
+TYPES = {torch.float32: '*fp32', torch.float16: '*fp16', torch.bfloat16: '*bf16'}
+I32 = ['stride_q', 'stride_v', 'stride_o', 'stride_lse', 'q_offset', 'v_offset', 'o_offset', 'lse_offset']
+for arch, dtype, ws, channels in [(90, torch.float32, 16, 20), (90, torch.bfloat16, 16, 60), (90, torch.float32, 4, 60),
+                                  (80, torch.float16, 8, 20)]:
+    group = K.Group(ws, channels, 0, channels, 0)
+    _, constants = K._launch(group, ws * ws)
+    warps = constants.pop('num_warps')
+    constants['PRECISION'] = K._precision(torch.empty(0, dtype=dtype))
+    tensor = TYPES[dtype]
+    forward = dict(Q=tensor, V=tensor, O=tensor, LSE='*fp32', ORDER='*i64', **dict.fromkeys(I32, 'i32'))
+    backward = dict(Q=tensor, V=tensor, DO=tensor, LSE='*fp32', DELTA='*fp32', DQ=tensor, DV=tensor, ORDER='*i64',
+                    **dict.fromkeys(I32, 'i32'))
+    for kernel, signature, extra in ((K._attention_forward, forward, {'STORE_LSE': True}),
+                                     (K._attention_backward, backward, {})):
+        names = {**constants, **extra}
+        signature.update(dict.fromkeys(names, 'constexpr'))
+        compiled = triton.compile(ASTSource(kernel, signature, constexprs=names), target=GPUTarget('cuda', arch, 32),
+                                  options=dict(num_warps=warps))
+        assert compiled.asm['cubin'], kernel
+        print('compiled', kernel.__name__, arch, dtype, ws, channels)
+"""
+
+
+def test_kernels_compile_for_gpus():
+    """The interpreter does not check what the GPU compiler demands (tile shapes, dtypes of ``tl.dot``, register
+    allocation): the real compiler builds both kernels here for sm_90 and sm_80, no GPU needed."""
+    if importlib.util.find_spec('triton.backends.nvidia') is None:
+        pytest.skip('this Triton has no NVIDIA backend')
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    proc = subprocess.run([sys.executable, '-c', COMPILE], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count('compiled') == 8

@@ -43,8 +43,10 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 #: Input dtypes the kernels serve.
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-#: The largest block of tokens one program holds (its (BLOCK, BLOCK) logits live in registers).
-MAX_BLOCK = 64
+#: The largest block of tokens one program holds. Its (BLOCK, BLOCK) tiles live in registers: compiled for
+#: sm_90, blocks of 64 spilled registers in the float32 backward (ELAN's 60 channels: in the forward too);
+#: blocks of 32 with 4 warps, and of 16 with 2, spill nowhere (float32, bfloat16; 20 and 60 channels).
+MAX_BLOCK = 32
 
 
 def interpreting() -> bool:
@@ -53,8 +55,8 @@ def interpreting() -> bool:
 
 
 def block_size(tokens: int) -> Optional[int]:
-    """The block of a window of ``tokens`` tokens: the largest power of two <= 64 dividing it, at
-    least 16 (``tl.dot``'s smallest); None if there is none (e.g. 2x2 windows)."""
+    """The block of a window of ``tokens`` tokens: the largest power of two <= :data:`MAX_BLOCK` dividing
+    it, at least 16 (``tl.dot``'s smallest); None if there is none (e.g. 2x2 windows)."""
     block = MAX_BLOCK
     while block >= 16:
         if tokens % block == 0:
@@ -103,25 +105,33 @@ def gmsa_groups(window_sizes: Sequence[int], split: Sequence[int], computing: bo
 if triton is not None:
 
     @triton.jit
+    def _window_rows(ORDER, TOKENS: tl.constexpr, BLOCK: tl.constexpr, start):
+        # pixel rows of tokens start .. start + BLOCK of this program's window
+        return tl.load(ORDER + tl.program_id(0) * TOKENS + start + tl.arange(0, BLOCK)).to(tl.int64)
+
+    @triton.jit
     def _load_rows(base, rows, stride, offset, cols, mask):
         return tl.load(base + rows[:, None] * stride + offset + cols[None, :], mask=mask[None, :], other=0.0)
+
+    @triton.jit
+    def _store_rows(base, rows, stride, offset, cols, mask, value):
+        tl.store(base + rows[:, None] * stride + offset + cols[None, :], value.to(base.dtype.element_ty),
+                 mask=mask[None, :])
 
     @triton.jit
     def _attention_forward(Q, V, O, LSE, ORDER, stride_q, stride_v, stride_o, stride_lse,
                            q_offset, v_offset, o_offset, lse_offset,
                            TOKENS: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
                            STORE_LSE: tl.constexpr, PRECISION: tl.constexpr):
-        window = tl.program_id(0)
-        first = window * TOKENS
         cols = tl.arange(0, BLOCK_D)
         dmask = cols < D
-        rows_i = tl.load(ORDER + first + tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+        rows_i = _window_rows(ORDER, TOKENS, BLOCK, tl.program_id(1) * BLOCK)
         q_i = _load_rows(Q, rows_i, stride_q, q_offset, cols, dmask)
         m_i = tl.full([BLOCK], float('-inf'), tl.float32)
         l_i = tl.zeros([BLOCK], tl.float32)
         acc = tl.zeros([BLOCK, BLOCK_D], tl.float32)
         for start in range(0, TOKENS, BLOCK):
-            rows_j = tl.load(ORDER + first + start + tl.arange(0, BLOCK)).to(tl.int64)
+            rows_j = _window_rows(ORDER, TOKENS, BLOCK, start)
             q_j = _load_rows(Q, rows_j, stride_q, q_offset, cols, dmask)
             v_j = _load_rows(V, rows_j, stride_v, v_offset, cols, dmask)
             s = tl.dot(q_i, tl.trans(q_j), input_precision=PRECISION)
@@ -131,9 +141,7 @@ if triton is not None:
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None] + tl.dot(p.to(v_j.dtype), v_j, input_precision=PRECISION)
             m_i = m_new
-        out = acc / l_i[:, None]
-        tl.store(O + rows_i[:, None] * stride_o + o_offset + cols[None, :], out.to(O.dtype.element_ty),
-                 mask=dmask[None, :])
+        _store_rows(O, rows_i, stride_o, o_offset, cols, dmask, acc / l_i[:, None])
         if STORE_LSE:
             tl.store(LSE + rows_i * stride_lse + lse_offset, m_i + tl.log(l_i))
 
@@ -142,11 +150,9 @@ if triton is not None:
                             q_offset, v_offset, o_offset, lse_offset,
                             TOKENS: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
                             PRECISION: tl.constexpr):
-        window = tl.program_id(0)
-        first = window * TOKENS
         cols = tl.arange(0, BLOCK_D)
         dmask = cols < D
-        rows_i = tl.load(ORDER + first + tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+        rows_i = _window_rows(ORDER, TOKENS, BLOCK, tl.program_id(1) * BLOCK)
         q_i = _load_rows(Q, rows_i, stride_q, q_offset, cols, dmask)
         v_i = _load_rows(V, rows_i, stride_v, v_offset, cols, dmask)
         do_i = _load_rows(DO, rows_i, stride_o, o_offset, cols, dmask)
@@ -155,7 +161,7 @@ if triton is not None:
         dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
         dv = tl.zeros([BLOCK, BLOCK_D], tl.float32)
         for start in range(0, TOKENS, BLOCK):
-            rows_j = tl.load(ORDER + first + start + tl.arange(0, BLOCK)).to(tl.int64)
+            rows_j = _window_rows(ORDER, TOKENS, BLOCK, start)
             q_j = _load_rows(Q, rows_j, stride_q, q_offset, cols, dmask)
             v_j = _load_rows(V, rows_j, stride_v, v_offset, cols, dmask)
             do_j = _load_rows(DO, rows_j, stride_o, o_offset, cols, dmask)
@@ -168,10 +174,8 @@ if triton is not None:
             ds += p_ji_t * (tl.dot(v_i, tl.trans(do_j), input_precision=PRECISION) - delta_j[None, :])
             dq += tl.dot(ds.to(q_j.dtype), q_j, input_precision=PRECISION)
             dv += tl.dot(p_ji_t.to(do_j.dtype), do_j, input_precision=PRECISION)
-        tl.store(DQ + rows_i[:, None] * stride_q + q_offset + cols[None, :], dq.to(DQ.dtype.element_ty),
-                 mask=dmask[None, :])
-        tl.store(DV + rows_i[:, None] * stride_v + v_offset + cols[None, :], dv.to(DV.dtype.element_ty),
-                 mask=dmask[None, :])
+        _store_rows(DQ, rows_i, stride_q, q_offset, cols, dmask, dq)
+        _store_rows(DV, rows_i, stride_v, v_offset, cols, dmask, dv)
 
 
 def _precision(x: Tensor) -> Optional[str]:
@@ -185,12 +189,12 @@ def _precision(x: Tensor) -> Optional[str]:
 
 def _launch(group: Group, pixels: int) -> Tuple[Tuple[int, int], Dict[str, int]]:
     """Grid and constants of a kernel launch for ``group``: one program per (window, block of tokens),
-    one warp per 16 tokens of the block (a 4x4 window's 16 tokens need one)."""
+    a warp per 8 tokens of the block (see :data:`MAX_BLOCK`)."""
     tokens = group.window_size ** 2
     block = block_size(tokens)
     assert block is not None and pixels % tokens == 0, f'windows of {tokens} tokens do not tile {pixels} pixels'
     constants = dict(TOKENS=tokens, D=group.channels, BLOCK=block,
-                     BLOCK_D=max(16, triton.next_power_of_2(group.channels)), num_warps=max(1, block // 16))
+                     BLOCK_D=max(16, triton.next_power_of_2(group.channels)), num_warps=block // 8)
     return (pixels // tokens, tokens // block), constants
 
 
