@@ -200,3 +200,15 @@ def test_kernels_compile_for_gpus():
     proc = subprocess.run([sys.executable, '-c', COMPILE], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count('compiled') == 8
+
+
+def test_training_after_inference_of_the_same_shape(device):
+    """The window orders are cached per shape: made under ``inference_mode`` (validation) they are inference
+    tensors, which the kernels' backward must not need to save (found by the full suite's test order)."""
+    net = ELAN(upscale=2, c_elan=16, m_elan=2, window_sizes=[4, 8], fused_attention=True, fast_training=True)
+    x = torch.rand(1, 3, 8, 8, device=device)  # windows and a size no other test uses
+    net = net.to(device)
+    with torch.inference_mode():
+        net.eval()(x)
+    net.train()(x).mean().backward()
+    assert all(p.grad is not None for p in net.parameters())

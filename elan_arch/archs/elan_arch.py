@@ -311,7 +311,8 @@ class ELAN(nn.Module):
 
     def uses_fast_path(self, x: Tensor) -> bool:
         """Whether a forward of ``x`` now runs :mod:`elan_fast`: ``fast_inference`` decides in eval mode
-        with autograd off, ``fast_training`` in every other case (train mode, or gradients wanted)."""
+        with autograd off, ``fast_training`` in every other case (train mode, or gradients wanted; when
+        it is None, see its entry in the class docstring)."""
         if not self.training and not torch.is_grad_enabled():
             return self.fast_inference
         if self.fast_training is None:

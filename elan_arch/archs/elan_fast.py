@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .fast_ops import linear, linear_batchnorm, pixel_map, pixel_rows, shift
 from . import window_kernels
+from .fast_ops import linear, linear_batchnorm, pixel_map, pixel_rows, shift
 from .window_ops import AttentionState, gmsa_attention, window_order
 
 if TYPE_CHECKING:  # the arch module imports this one

@@ -224,13 +224,16 @@ class _WindowAttention(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
         q_source, v_source, orders, groups = inputs
-        ctx.groups, ctx.same = groups, q_source is v_source
+        # the orders are constant index tensors, cached per shape (possibly made under inference_mode, whose
+        # tensors save_for_backward refuses), as in window_ops' gathers
+        ctx.groups, ctx.orders, ctx.same = groups, orders, q_source is v_source
         ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(q_source, v_source, output[0], output[1], *orders)
+        ctx.save_for_backward(q_source, v_source, output[0], output[1])
 
     @staticmethod
     def backward(ctx, grad_out: Tensor, _grad_lse: None):  # type: ignore[override]
-        q_source, v_source, out, lse, *orders = ctx.saved_tensors
+        q_source, v_source, out, lse = ctx.saved_tensors
+        orders = ctx.orders
         groups: Tuple[Group, ...] = ctx.groups
         grad_out = grad_out.contiguous()
         pixels = out.shape[0]
