@@ -5,6 +5,7 @@
 # about 9 minutes:
 #   1. tests/test_window_kernels.py on CUDA (the fused attention kernels in float32, float16, bfloat16,
 #      whole networks, autocast) and tests/test_cuda.py (AMP training, resume, NCCL torchrun, inference);
+#      scripts/attention_speed.py: the attention alone, bmm form vs the kernels at blocks of 16/32/64;
 #   2. `elan bench --train` at the paper recipe's ELAN-light step (batch 64 of 64x64 LR patches), float32 and
 #      bf16: reference arithmetic, fast path, fast path with fused attention (elan_arch/archs/window_kernels.py);
 #   3. scripts/recipe_speed.py: s/iteration of train_ELAN_light_x4.yml through `basicsr train`, data included,
@@ -55,6 +56,7 @@ step() {
 nvidia-smi -L
 python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name())'
 step kernel-tests 150 python3 -m pytest -q -p no:cacheprovider -x tests/test_window_kernels.py
+step attention-speed 90 python3 scripts/attention_speed.py --iters 20
 step train-bench-fp32 75 python3 -m elan_arch bench --train --device cuda --batch 64 --patch 64 --runs 8 --warmup 3 \
     --models elan-light elan-light-ref elan-light-fused --output-dir "$OUT" --force
 step train-bench-bf16 75 python3 -m elan_arch bench --train --device cuda --batch 64 --patch 64 --runs 8 --warmup 3 \

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator, List
 
 import pytest
@@ -212,3 +213,14 @@ def test_training_after_inference_of_the_same_shape(device):
         net.eval()(x)
     net.train()(x).mean().backward()
     assert all(p.grad is not None for p in net.parameters())
+
+
+def test_attention_speed_script_runs(monkeypatch, capsys):
+    """scripts/attention_speed.py (for the GPU session) runs end to end; on the CPU without the interpreter
+    the kernels do not serve, so its table has the bmm form alone."""
+    monkeypatch.delenv('TRITON_INTERPRET', raising=False)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / 'scripts'))
+    import attention_speed
+    attention_speed.main(['--device', 'cpu', '--iters', '1', '--scale-down', '16'])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith('| ELAN')]
+    assert len(rows) == 2 and all(line.count('|') == 4 and float(line.split('|')[3]) > 0 for line in rows)
