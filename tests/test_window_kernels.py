@@ -142,8 +142,10 @@ def test_fused_attention_is_an_option_not_a_weight():
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
 def test_network_under_autocast(device, dtype):
-    """``train.amp``: under autocast the projections reach the kernels in 16 bits; output and gradients as the
-    fast path's ``bmm`` form under the same autocast, to 16-bit rounding."""
+    """``train.amp``: under autocast the projections reach the kernels in 16 bits; the output as the fast path's
+    ``bmm`` form's under the same autocast, and all gradients together within 5%. (Per parameter, 16-bit
+    gradients through BatchNorm and nearly one-hot maps are noise-dominated in both forms: project_inp's
+    weights differ from float32 by up to 2x either way; the kernels' arithmetic is checked by the tests above.)"""
     if dtype == torch.bfloat16 and device.type != 'cuda':
         pytest.skip("Triton's interpreter does not implement bfloat16")
     torch.manual_seed(6)
