@@ -16,8 +16,9 @@ nothing where the C library is not glibc.
 Denormals: training ELAN on real images produces subnormal floats (below 1.2e-38) in its
 tensors, which x86 CPUs process in microcode, many times slower than normal ones. Measured on the
 2-core CPU, ``basicsr train`` of the demo option: 0.93 s per iteration, 0.73 s with subnormals
-flushed to zero (the losses printed were the same to five digits). :func:`flush_denormals` sets the CPU's flush-to-zero / denormals-are-zero modes
-(``torch.set_flush_denormal``) before PyTorch starts its thread pool, whose threads inherit them.
+flushed to zero (the losses printed were the same to five digits). :func:`flush_denormals` sets the
+CPU's flush-to-zero / denormals-are-zero modes (``torch.set_flush_denormal``) before PyTorch starts
+its thread pool, whose threads inherit them.
 ``ELAN_DENORMALS=keep`` in the environment keeps IEEE subnormals.
 """
 from __future__ import annotations

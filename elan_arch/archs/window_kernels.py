@@ -24,8 +24,9 @@ gradient: ``softmax(q q^T)`` of the same ``q``.
 
 Float32 products are IEEE float32 (``torch.backends.cuda.matmul.allow_tf32`` or
 ``torch.set_float32_matmul_precision('high')`` switch them to TF32, as for ``torch.bmm``);
-float16/bfloat16 inputs multiply in their dtype with float32 accumulation. Triton's interpreter (``TRITON_INTERPRET=1``) runs the same kernels on CPU
-tensors, which is how the tests check them without a GPU.
+float16/bfloat16 inputs multiply in their dtype with float32 accumulation. Triton's interpreter
+(``TRITON_INTERPRET=1``) runs the same kernels on CPU tensors, which is how the tests check them
+without a GPU.
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+
+from .fast_ops import needs_autograd
 
 try:  # Triton ships with PyTorch's CUDA wheels on Linux; without it the bmm form serves
     import triton
@@ -212,14 +215,19 @@ def _forward(q_source: Tensor, v_source: Tensor, orders: Sequence[Tensor], group
     return out, (lse if store_lse else None)
 
 
+def _gradient_buffer(source: Tensor, written: int) -> Tensor:
+    """A gradient for ``source`` (P, C) of which the kernels write ``written`` channels per row: left
+    uninitialised when they write every channel, zero-filled otherwise."""
+    return (torch.empty_like if written == source.shape[1] else torch.zeros_like)(source)
+
+
 class _WindowAttention(torch.autograd.Function):
     """The fused forward and backward of all groups of one GMSA (see the module docstring)."""
 
     @staticmethod
     def forward(q_source: Tensor, v_source: Tensor, orders: Tuple[Tensor, ...],  # type: ignore[override]
                 groups: Tuple[Group, ...]) -> Tuple[Tensor, Tensor]:
-        out, lse = _forward(q_source, v_source, orders, groups, store_lse=True)
-        return out, lse
+        return _forward(q_source, v_source, orders, groups, store_lse=True)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
@@ -239,13 +247,11 @@ class _WindowAttention(torch.autograd.Function):
         pixels = out.shape[0]
         delta = torch.stack([(grad_out[:, g.o_offset:g.o_offset + g.channels].float()
                               * out[:, g.o_offset:g.o_offset + g.channels].float()).sum(1) for g in groups], 1)
-        widths = sum(2 * g.channels for g in groups)
-        if ctx.same:  # queries and values of every group cover the map: every element is written
-            grad_q = grad_v = (torch.empty_like if widths == q_source.shape[1] else torch.zeros_like)(q_source)
-        else:  # a sharing GMSA: only the query channels of the computing GMSA's map get a gradient
-            values = sum(g.channels for g in groups)
-            grad_q = torch.zeros_like(q_source)
-            grad_v = (torch.empty_like if values == v_source.shape[1] else torch.zeros_like)(v_source)
+        channels = sum(g.channels for g in groups)
+        if ctx.same:  # a computing GMSA: the queries and values of its groups
+            grad_q = grad_v = _gradient_buffer(q_source, 2 * channels)
+        else:  # a sharing GMSA: its values, and the query channels of the computing GMSA's map
+            grad_q, grad_v = _gradient_buffer(q_source, channels), _gradient_buffer(v_source, channels)
         for index, (group, order) in enumerate(zip(groups, orders)):
             grid, constants = _launch(group, pixels)
             _attention_backward[grid](
@@ -274,6 +280,6 @@ def window_attention(q_source: Tensor, v_source: Tensor, orders: Sequence[Tensor
     same = q_source is v_source
     q_source = q_source if q_source.stride(1) == 1 else q_source.contiguous()
     v_source = q_source if same else v_source if v_source.stride(1) == 1 else v_source.contiguous()
-    if torch.is_grad_enabled() and (q_source.requires_grad or v_source.requires_grad):
+    if needs_autograd(q_source, v_source):
         return _WindowAttention.apply(q_source, v_source, tuple(orders), tuple(groups))[0]
     return _forward(q_source, v_source, orders, groups, store_lse=False)[0]
