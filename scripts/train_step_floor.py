@@ -7,7 +7,9 @@ ran (``mm``, ``bmm``, ``addmm``, ``baddbmm``, oneDNN's fused linear, ``convoluti
 alone, on fresh inputs of the same shapes and strides, hot in cache (median of 9 after 3 warm-ups).
 Their sum is a floor for a step that keeps these products as they are: the time left above it is the
 rest (softmax, shift, gathers, element-wise passes, Python), and the products' own cache misses.
-The fast and reference steps are timed round-robin in the same run (median of ``--runs``).
+The fast and reference steps are timed round-robin in the same run (median of ``--runs``), with a third:
+the fast step with every window attention replaced by the identity (``y = v``), which bounds what any
+attention kernel, however fused, can bring.
 
 Usage: ``python scripts/train_step_floor.py [--variant light|full] [--batch 8] [--patch 32] [--threads 2]``;
 prints a markdown table (the README quotes it).
@@ -20,7 +22,7 @@ import copy
 import platform
 import statistics
 import time
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -28,6 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import elan_arch  # noqa: F401  (before basicsr)
 from elan_arch import ELAN
 from elan_arch.allocator import tune_process
+from elan_arch.archs import window_ops
 from elan_arch.bench_train import make_step
 
 PRODUCTS = {'mm', 'bmm', 'addmm', 'addmm_', 'baddbmm', 'baddbmm_', '_linear_pointwise', 'convolution'}
@@ -64,6 +67,23 @@ class _Recorder(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def _identity_attention(v: torch.Tensor, q: Any = None, shared: Any = None) -> Tuple[torch.Tensor, Any]:
+    return v.clone(), window_ops.SharedAttention(None, None)
+
+
+def without_attention(step: Callable[[], None]) -> Callable[[], None]:
+    """``step`` with :func:`window_ops.window_attention` (the bmm form's maps, softmax and their
+    backward) replaced by the identity while it runs; gathers, scatters and projections stay."""
+    def run() -> None:
+        real = window_ops.window_attention
+        window_ops.window_attention = _identity_attention
+        try:
+            step()
+        finally:
+            window_ops.window_attention = real
+    return run
+
+
 def _median_time(fn: Callable[[], Any], runs: int = 9, warmup: int = 3) -> float:
     for _ in range(warmup):
         fn()
@@ -93,15 +113,17 @@ def product_floor(step: Callable[[], None]) -> Dict[str, Tuple[int, float]]:
     return {k: (int(v[0]), float(v[1])) for k, v in per_op.items()}
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--variant', choices=['light', 'full'], default='light')
     parser.add_argument('--batch', type=int, default=8)
     parser.add_argument('--patch', type=int, default=32, help='LR patch size')
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--runs', type=int, default=7)
-    args = parser.parse_args()
-    tune_process()
+    parser.add_argument('--no-tune', action='store_true', help='leave malloc and denormals as they are')
+    args = parser.parse_args(argv)
+    if not args.no_tune:
+        tune_process()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = {} if args.variant == 'light' else dict(c_elan=180, m_elan=36, n_share=0)
@@ -111,6 +133,9 @@ def main() -> None:
         net = copy.deepcopy(base)
         net.fast_training = fast
         steps[key] = make_step(net, args.batch, args.patch, 4, torch.device('cpu'), None)
+    net = copy.deepcopy(base)
+    net.fast_training = True
+    steps['no attention'] = without_attention(make_step(net, args.batch, args.patch, 4, torch.device('cpu'), None))
     times: Dict[str, List[float]] = {k: [] for k in steps}
     for _ in range(2):
         for step in steps.values():
@@ -134,6 +159,10 @@ def main() -> None:
     for op, (count, seconds) in sorted(floor.items(), key=lambda kv: -kv[1][1]):
         print(f'| - `{op}` ({count} calls) | {seconds * 1e3:.0f} |')
     print(f'| the rest of the fast step | {(median["fast"] - total) * 1e3:.0f} |')
+    print(f'| fast step with window attention as the identity (median of {args.runs}) | '
+          f'{median["no attention"] * 1e3:.0f} |')
+    print(f'| reference / that: the most any attention kernel can bring | '
+          f'{median["reference"] / median["no attention"]:.2f}x |')
 
 
 if __name__ == '__main__':

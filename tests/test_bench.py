@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import cv2
 import pytest
 import torch
 
 import elan_arch  # noqa: F401  (before basicsr)
+from elan_arch.archs import window_ops
+from elan_arch.bench_train import make_step
 from elan_arch.cli import main
 
 
@@ -100,3 +103,27 @@ def test_bench_train_table_and_loader(tmp_path, capsys, monkeypatch):
 def test_bench_train_refuses_a_missing_option_file(tmp_path, capsys):
     assert main(['bench', '--train', '--opt', str(tmp_path / 'nope.yml'), '--output-dir', str(tmp_path)]) == 2
     assert 'nope.yml: no such option file' in capsys.readouterr().err
+
+
+def test_train_step_floor_script_runs_and_restores_the_attention(monkeypatch, capsys):
+    """scripts/train_step_floor.py (the README's 'why not 2x' table) runs end to end on a tiny step; its
+    attention-free step runs no window attention, and the real attention is back afterwards."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / 'scripts'))
+    import train_step_floor
+
+    real, calls = window_ops.window_attention, []
+    monkeypatch.setattr(window_ops, 'window_attention', lambda *a, **k: calls.append(1) or real(*a, **k))
+    counted = window_ops.window_attention
+    step = make_step(elan_arch.ELAN(upscale=4, m_elan=2).train(), 1, 16, 4, torch.device('cpu'), None)
+    step()
+    assert len(calls) == 6  # one ELAB: a computing and a sharing GMSA, 3 groups each
+    train_step_floor.without_attention(step)()
+    assert len(calls) == 6 and window_ops.window_attention is counted
+    monkeypatch.undo()
+
+    train_step_floor.main(['--batch', '1', '--patch', '16', '--runs', '1', '--threads', '1', '--no-tune'])
+    rows = dict(re.findall(r'^\| ([^|]+?) \| ([\d.]+)x? \|$', capsys.readouterr().out, re.M))
+    assert {'fast step (median of 1)', 'reference step (median of 1)',
+            'fast step with window attention as the identity (median of 1)'} <= set(rows)
+    assert float(rows['reference / that: the most any attention kernel can bring']) > 0
+    assert window_ops.window_attention is real
