@@ -181,6 +181,29 @@ def test_batchnorm_statistics_and_adam_steps_match():
         assert not grads_f[name].any() and grads_r[name].abs().max() < 1e-6 * largest, name
 
 
+
+def test_cuda_route_keeps_convolutions_and_batchnorm(monkeypatch):
+    """On CUDA the fast path's 1x1 convolutions and project_inp's BatchNorm stay the reference's own
+    operations (cuDNN's precision rules, TF32 by default, instead of cuBLAS's). That route, forced on the
+    CPU: no hand-written product runs, and outputs, gradients, running statistics and the inference path
+    still equal the reference arithmetic."""
+    monkeypatch.setattr(fast_ops, 'as_convolution', lambda x: True)
+    for product in (fast_ops._Linear, fast_ops._BatchNormLinear):
+        monkeypatch.setattr(product, 'apply', lambda *args: pytest.fail('a matrix product ran'))
+    torch.manual_seed(3)
+    net = ELAN(upscale=3, **SMALL_LIGHT)
+    x, gt = photo_pair(3, 13, 18)
+    exact = compare(net.double(), x.double(), gt.double())
+    assert max(exact.values()) < 1e-10, exact
+    fast, ref = twin(net.float())
+    single = differences(forward_backward(fast, x, gt), forward_backward(ref, x, gt))
+    assert max(single.values()) < 1e-4, single
+    for name, buffer in ref.named_buffers():  # channels_last vs NCHW convolutions: rounding apart
+        assert torch.allclose(fast.get_buffer(name), buffer, rtol=1e-5, atol=1e-6), name
+    with torch.no_grad():
+        fast.eval().fast_inference, ref.eval().fast_inference = True, False
+        assert relative(fast(x), ref(x)) < 1e-5
+
 def test_option_and_dispatch(monkeypatch):
     calls = []
     original = elan_fast.forward_padded

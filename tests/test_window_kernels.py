@@ -5,6 +5,7 @@ the very same kernels on CPU tensors, so CI checks their arithmetic without a GP
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -130,6 +131,47 @@ def test_where_the_kernels_serve(device, monkeypatch):
     monkeypatch.delenv('TRITON_INTERPRET', raising=False)
     assert not window_kernels.available(x.cpu(), [4, 8, 16])  # a CPU tensor, no interpreter: the bmm form
 
+
+
+#: Per setting, in a forked child (the settings are process-wide, and PyTorch refuses some mixes of the
+#: legacy and per-backend APIs): the kernels' precision for float32 and bfloat16 inputs, or the error.
+PRECISION = r"""
+import json, os, sys, torch
+from elan_arch.archs import window_kernels
+for setting in json.loads(sys.argv[1]):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            exec(setting)
+            print(window_kernels._precision(torch.zeros(1)), window_kernels._precision(torch.zeros(1, dtype=torch.bfloat16)))
+        except Exception as error:
+            print('error', type(error).__name__)
+        sys.stdout.flush()
+        os._exit(0)
+    os.waitpid(pid, 0)
+"""
+
+TF32_SETTINGS = {
+    '': 'ieee',
+    'torch.backends.cuda.matmul.allow_tf32 = True': 'tf32',
+    "torch.set_float32_matmul_precision('high')": 'tf32',
+    "torch.backends.cuda.matmul.fp32_precision = 'tf32'": 'tf32',  # get_float32_matmul_precision() raises here
+    "torch.backends.cudnn.fp32_precision = 'tf32'": 'tf32',  # CUDA's setting for all operations
+    "torch.backends.fp32_precision = 'tf32'": 'tf32',
+    "torch.backends.fp32_precision = 'tf32'; torch.backends.cuda.matmul.fp32_precision = 'ieee'": 'ieee',
+}
+
+
+def test_float32_products_follow_pytorchs_tf32_settings():
+    """The kernels' float32 products are TF32 exactly where PyTorch's settings (legacy or per-backend) make
+    ``torch.bmm`` on CUDA TF32; 16-bit inputs keep Triton's default."""
+    if getattr(torch.backends.cuda.matmul, 'fp32_precision', None) is None:
+        pytest.skip('PyTorch before the per-backend precision settings')
+    proc = subprocess.run([sys.executable, '-c', PRECISION, json.dumps(list(TF32_SETTINGS))], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = dict(zip(TF32_SETTINGS, proc.stdout.splitlines()))
+    assert got == {setting: f'{expected} None' for setting, expected in TF32_SETTINGS.items()}
 
 def test_fused_attention_is_an_option_not_a_weight():
     net = ELAN(upscale=2, c_elan=15, m_elan=2, window_sizes=[2, 4, 8], fused_attention=True)

@@ -7,7 +7,8 @@ matrix product over the pixels and a channel group is a plain strided view, on t
 of :mod:`~elan_arch.archs.fast_ops` and :mod:`~elan_arch.archs.window_ops` (each idea there, in one place):
 
 * LFE: shift, 1x1 conv with its bias and ReLU in one pass, shift, 1x1 conv with its bias and
-  the residual addition in one pass.
+  the residual addition in one pass (on CUDA the convolutions stay cuDNN's, for its precision rules:
+  :func:`~elan_arch.archs.fast_ops.as_convolution`).
 * GMSA: ``project_inp``'s BatchNorm in train mode as part of the 1x1 conv's matrix product
   (batch statistics from the input's covariance; running statistics updated as
   ``nn.BatchNorm2d`` does), folded into the conv in eval mode; the roll and window partition of

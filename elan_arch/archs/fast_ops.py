@@ -11,8 +11,10 @@ where autograd's would be slower; each keeps the reference's function and gradie
   channels_last map, with the bias and the ReLU or the residual addition that follows it
   in the same pass (oneDNN's fused matmul on the CPU: 15-25% less time than ``addmm``
   plus a separate pass, measured on the 2-core CPU); its gradients stay channels_last.
+  On CUDA the convolution itself (:func:`as_convolution`).
 * :func:`linear_batchnorm`: project_inp's 1x1 convolution and its BatchNorm in train mode as one
-  matrix product (batch statistics from the input's covariance), running statistics as ``nn.BatchNorm2d``.
+  matrix product (batch statistics from the input's covariance), running statistics as ``nn.BatchNorm2d``;
+  on CUDA the convolution and ``nn.BatchNorm2d`` themselves.
 * The windows (roll, partition, attention): :mod:`~elan_arch.archs.window_ops`.
 
 The hand-written autograd functions serve float32 and float64 tensors on any device (oneDNN's fused
@@ -108,6 +110,32 @@ def _column_sums(g: Tensor) -> Tensor:
     return _ones(g.shape[0], g.dtype, g.device).mm(g).view(-1)
 
 
+def as_convolution(x: Tensor) -> bool:
+    """Whether :func:`linear` and :func:`linear_batchnorm` keep the 1x1 convolution (and BatchNorm) as the
+    reference's own operations rather than matrix products: on CUDA.
+
+    There the two differ in arithmetic, not only in speed: cuDNN runs float32 convolutions in TF32 unless
+    told otherwise (``torch.backends.cudnn.allow_tf32``, on by default), cuBLAS runs float32 matrix
+    products in IEEE float32 (``torch.backends.cuda.matmul``, off by default). As matrix products, the
+    fast path's 1x1 convolutions, most of a step's arithmetic, would run without tensor cores in float32
+    where the reference's run with them (the one H200 measurement: fast path 0.132 s per iteration
+    against 0.117 s for the reference, float32). Kept as convolutions they follow whatever precision the
+    user set for convolutions, as the reference does.
+    """
+    return x.is_cuda
+
+
+def _epilogue(y: Tensor, relu: bool, residual: Optional[Tensor]) -> Tensor:
+    """ReLU or ``+ residual`` on a new tensor ``y``: in place, except under a compiler (the
+    out-of-place form traces cleaner)."""
+    inplace = not _plain_ops()
+    if relu:
+        y = y.relu_() if inplace else y.relu()
+    if residual is not None:
+        y = y.add_(residual) if inplace else y + residual
+    return y
+
+
 def _linear_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], relu: bool,
                     residual: Optional[Tensor]) -> Tensor:
     """``x @ weight^T + bias``, then ReLU or ``+ residual``, fused where oneDNN serves ``x``.
@@ -116,13 +144,7 @@ def _linear_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], relu: boo
         if residual is not None:
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, 'add')
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'relu' if relu else 'none', [], '')
-    y = F.linear(x, weight, bias)
-    inplace = not _plain_ops()  # y is new; under a compiler the out-of-place form traces cleaner
-    if relu:
-        y = y.relu_() if inplace else y.relu()
-    if residual is not None:
-        y = y.add_(residual) if inplace else y + residual
-    return y
+    return _epilogue(F.linear(x, weight, bias), relu, residual)
 
 
 class _Linear(torch.autograd.Function):
@@ -159,8 +181,11 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], relu: bool = False
     Shape: (B, Cin, H, W) channels_last -> (B, Cout, H, W) channels_last; ``weight`` is the
     conv's (Cout, Cin, 1, 1) or (Cout, Cin); ``residual`` (B, Cout, H, W) channels_last. One
     matrix product over the pixels (an NHWC view), so its input gradient is channels_last too
-    (convolution kernels may return NCHW gradients, which cost a layout change downstream).
+    (convolution kernels may return NCHW gradients, which cost a layout change downstream). On CUDA
+    (:func:`as_convolution`) the convolution itself, then ReLU or the residual in place.
     """
+    if as_convolution(x):
+        return _epilogue(F.conv2d(x, weight.reshape(weight.shape[0], x.shape[1], 1, 1), bias), relu, residual)
     weight = weight.reshape(weight.shape[0], x.shape[1])
     x2 = pixel_rows(x)
     r2 = None if residual is None else pixel_rows(residual)
@@ -226,8 +251,9 @@ class _BatchNormLinear(torch.autograd.Function):
 def linear_batchnorm(x: Tensor, weight: Tensor, bias: Tensor, bn: torch.nn.BatchNorm2d) -> Tensor:
     """``bn(conv1x1(x))`` for a BatchNorm in train mode: batch statistics, and running statistics
     updated exactly as ``nn.BatchNorm2d`` does (unbiased variance, ``momentum``, or the cumulative
-    average when it is None). (B, Cin, H, W) channels_last -> (B, Cout, H, W) channels_last."""
-    if not custom_functions_ok(x) or bn.weight is None:
+    average when it is None). (B, Cin, H, W) channels_last -> (B, Cout, H, W) channels_last.
+    On CUDA (:func:`as_convolution`), under a compiler or autocast: ``bn`` itself after :func:`linear`."""
+    if not custom_functions_ok(x) or bn.weight is None or as_convolution(x):
         return bn(linear(x, weight, bias))
     x2 = pixel_rows(x)
     out, mean, var = _BatchNormLinear.apply(x2, weight.reshape(weight.shape[0], x.shape[1]), bias, bn.weight,

@@ -22,8 +22,9 @@ gradient: ``softmax(q q^T)`` of the same ``q``.
   recomputed from ``S_ij`` alone (``P_ji^T = exp(S_ij - lse_j)``), so each program writes its own
   rows once, without atomics.
 
-Float32 products are IEEE float32 (``torch.backends.cuda.matmul.allow_tf32`` or
-``torch.set_float32_matmul_precision('high')`` switch them to TF32, as for ``torch.bmm``);
+Float32 products are IEEE float32 unless PyTorch's settings allow TF32 for ``torch.bmm``
+(:func:`cuda_matmul_tf32`: ``torch.backends.cuda.matmul.fp32_precision``, ``allow_tf32``, or
+``torch.set_float32_matmul_precision('high')``);
 float16/bfloat16 inputs multiply in their dtype with float32 accumulation. Triton's interpreter
 (``TRITON_INTERPRET=1``) runs the same kernels on CPU tensors, which is how the tests check them
 without a GPU.
@@ -181,13 +182,28 @@ if triton is not None:
         _store_rows(DV, rows_i, stride_v, v_offset, cols, dmask, dv)
 
 
+def cuda_matmul_tf32() -> bool:
+    """Whether PyTorch lets float32 matrix products on CUDA (``torch.bmm``) use TF32, resolved as ATen
+    resolves it: ``torch.backends.cuda.matmul.fp32_precision`` (which the legacy ``allow_tf32`` and
+    ``torch.set_float32_matmul_precision`` also set); 'none' defers to ``torch.backends.cudnn.fp32_precision``
+    (CUDA's setting for all operations), then to the generic ``torch.backends.fp32_precision``. Not
+    ``torch.get_float32_matmul_precision()``: it raises once CUDA's matmul precision alone was set."""
+    precision = getattr(torch.backends.cuda.matmul, 'fp32_precision', None)
+    if precision is None:  # PyTorch before the per-backend settings (2.9)
+        return torch.get_float32_matmul_precision() != 'highest'
+    for fallback in (torch.backends.cudnn, torch.backends):
+        if precision != 'none':
+            break
+        precision = getattr(fallback, 'fp32_precision', 'none')
+    return precision == 'tf32'
+
+
 def _precision(x: Tensor) -> Optional[str]:
-    """``tl.dot``'s input precision: IEEE float32 unless PyTorch's float32 matmul precision allows TF32
-    (``torch.backends.cuda.matmul.allow_tf32`` / ``set_float32_matmul_precision``), as for ``torch.bmm``;
-    Triton's default for 16-bit inputs."""
+    """``tl.dot``'s input precision: IEEE float32 unless PyTorch allows TF32 for float32 matrix products
+    on CUDA (:func:`cuda_matmul_tf32`), as for ``torch.bmm``; Triton's default for 16-bit inputs."""
     if x.dtype != torch.float32:
         return None
-    return 'ieee' if torch.get_float32_matmul_precision() == 'highest' else 'tf32'
+    return 'tf32' if cuda_matmul_tf32() else 'ieee'
 
 
 def _launch(group: Group, pixels: int) -> Tuple[Tuple[int, int], Dict[str, int]]:
