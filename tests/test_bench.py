@@ -53,8 +53,8 @@ def test_bench_writes_table_and_chart_with_the_right_counts(tmp_path, capsys):
     pytest.param(['--device', 'cuda:0', '--half'], '--device cuda:0: no CUDA device',
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason='a CUDA device is present')),
     (['--device', 'cpu', '--models', 'elan-light', 'elan-light-fused'],
-     '--models elan-light-fused: the fused attention kernels need a CUDA device and Triton (here: cpu'),
-    (['--device', 'cpu', '--train', '--models', 'elan-fused'], '--models elan-fused: the fused attention kernels need'),
+     '--models elan-light-fused: cannot run the fused attention kernels: they need a CUDA device (here: cpu)'),
+    (['--device', 'cpu', '--train', '--models', 'elan-fused'], '--models elan-fused: cannot run the fused attention'),
 ])
 def test_bench_refuses_bad_options(tmp_path, capsys, args, message):
     assert main(['bench', '--output-dir', str(tmp_path), *args]) == 2

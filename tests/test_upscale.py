@@ -163,3 +163,29 @@ def test_clear_errors(tmp_path, weights, capsys, case, message):
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / 'b.png').exists()
+
+
+def test_fused_attention_option(tmp_path, weights, capsys, monkeypatch):
+    """``--fused-attention`` runs the window attention as the Triton kernels (here in Triton's interpreter on
+    the CPU, as tests/conftest.py sets up without CUDA): the same image as without, to 8-bit rounding; where
+    the kernels cannot run, a clear error and no output."""
+    from elan_arch.archs import window_kernels
+
+    src = tmp_path / 'a.png'
+    cv2.imwrite(str(src), bgr(photo(20, 27)))
+    calls = []
+    original = window_kernels.window_attention
+    monkeypatch.setattr(window_kernels, 'window_attention', lambda *a: calls.append(1) or original(*a))
+    args = ['upscale', '-i', str(src), '--weights', str(weights), '--device', 'cpu', '--quiet']
+    assert main(args + ['-o', str(tmp_path / 'plain.png')]) == 0 and calls == []
+    if not window_kernels.interpreting():
+        pytest.skip('the kernels run on CUDA only outside Triton\'s interpreter')
+    assert main(args + ['-o', str(tmp_path / 'fused.png'), '--fused-attention']) == 0
+    assert 'fused attention' in capsys.readouterr().out and len(calls) == 4  # 4 GMSAs
+    plain, fused = (cv2.imread(str(tmp_path / f'{name}.png')).astype(int) for name in ('plain', 'fused'))
+    assert plain.shape == (40, 54, 3) and np.abs(plain - fused).max() <= 1
+    monkeypatch.delenv('TRITON_INTERPRET')
+    assert main(args + ['-o', str(tmp_path / 'no.png'), '--fused-attention']) == 2
+    assert '--fused-attention: cannot run the fused attention kernels: they need a CUDA device (here: cpu)' in \
+        capsys.readouterr().err
+    assert not (tmp_path / 'no.png').exists()

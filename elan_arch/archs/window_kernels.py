@@ -58,6 +58,16 @@ def interpreting() -> bool:
     return os.environ.get('TRITON_INTERPRET', '0') == '1'
 
 
+def unavailable_reason(device: torch.device, interpreter_ok: bool = True) -> Optional[str]:
+    """Why the kernels cannot serve tensors on ``device`` (for a command's error message), or None.
+    ``interpreter_ok``: CPU tensors under Triton's interpreter count as served (not for timings)."""
+    if triton is None:
+        return 'Triton is not installed (pip install triton)'
+    if device.type == 'cuda' or (interpreter_ok and device.type == 'cpu' and interpreting()):
+        return None
+    return f'they need a CUDA device (here: {device.type})'
+
+
 def block_size(tokens: int) -> Optional[int]:
     """The block of a window of ``tokens`` tokens: the largest power of two <= :data:`MAX_BLOCK` dividing
     it, at least 16 (``tl.dot``'s smallest); None if there is none (e.g. 2x2 windows)."""

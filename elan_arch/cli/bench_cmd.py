@@ -310,9 +310,9 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     fused = [key for key in args.models or () if key.endswith('-fused')]
-    if fused and (device.type != 'cuda' or window_kernels.triton is None):
-        raise ElanError(f'--models {" ".join(fused)}: the fused attention kernels need a CUDA device and Triton '
-                        f'(here: {device.type}{"" if window_kernels.triton else ", no Triton"})')
+    reason = window_kernels.unavailable_reason(device, interpreter_ok=False) if fused else None
+    if reason:
+        raise ElanError(f'--models {" ".join(fused)}: cannot run the fused attention kernels: {reason}')
     if device.type == 'cuda':
         where = torch.cuda.get_device_name(device)
     else:

@@ -39,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--tile-overlap', type=int, default=DEFAULT_OVERLAP, metavar='M',
                         help=f'minimum overlap of neighbouring tiles in input pixels (default: {DEFAULT_OVERLAP})')
     add_device_options(parser, 'auto', 'torch.compile the network (slower on CPU in our measurements)')
+    parser.add_argument('--fused-attention', action='store_true',
+                        help='window attention as the fused Triton kernels (CUDA; opt-in, not yet timed on a GPU: '
+                        'see the README; not under --compile, which fuses the attention itself)')
     parser.add_argument('--force', action='store_true', help='replace output files that already exist')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
     parser.set_defaults(func=run)
@@ -116,15 +119,23 @@ def load_model(args: argparse.Namespace) -> Tuple[Callable[[Tensor], Tensor], in
     if args.onnx:
         from ..onnx_backend import OnnxNetwork
 
-        if args.half or args.compile:
-            raise ElanError('--half/--compile do not apply to --onnx: the model\'s dtype is fixed at export '
-                            '(elan export --half)')
+        if args.half or args.compile or args.fused_attention:
+            raise ElanError('--half/--compile/--fused-attention do not apply to --onnx: the model\'s dtype and '
+                            'operations are fixed at export (elan export --half)')
         net = OnnxNetwork(args.onnx, args.device)
         source, where = args.onnx, f'onnxruntime ({net.providers[0]})'
     else:
         device, dtype = select_device(args.device, args.half)
         net = load_network_from_checkpoint(args.weights)
         source, where = args.weights, str(device)
+        if args.fused_attention:
+            from ..archs import window_kernels
+
+            reason = window_kernels.unavailable_reason(device)
+            if reason:
+                raise ElanError(f'--fused-attention: cannot run the fused attention kernels: {reason}')
+            net.fused_attention = True
+            where += ', fused attention'
     if args.scale is not None and net.upscale != args.scale:
         raise ElanError(f'{source} holds an x{net.upscale} ELAN but --scale {args.scale} was asked; '
                         f'use an x{args.scale} model or drop --scale')
