@@ -2,15 +2,17 @@
 # The GPU checks this project still owes, as one command for a session that is lent a GPU machine (the
 # `device` tool: a bare machine with PyTorch and Triton but no basicsr, no network, one call of at most
 # 10 minutes, 15 minutes of device time in all). In order of importance, each step time-limited, all within
-# about 9 minutes:
+# about 9 minutes (a step that would start with less than a minute left is skipped):
 #   1. tests/test_window_kernels.py on CUDA (the fused attention kernels in float32, float16, bfloat16,
-#      whole networks, autocast) and tests/test_cuda.py (AMP training, resume, NCCL torchrun, inference);
-#      scripts/attention_speed.py: the attention alone, bmm form vs the kernels at blocks of 16/32/64;
-#   2. `elan bench --train` at the paper recipe's ELAN-light step (batch 64 of 64x64 LR patches), float32 and
-#      bf16: reference arithmetic, fast path, fast path with fused attention (elan_arch/archs/window_kernels.py);
-#   3. scripts/recipe_speed.py: s/iteration of train_ELAN_light_x4.yml through `basicsr train`, data included,
+#      whole networks, autocast);
+#   2. `elan bench --train` at the paper recipes' steps, float32 and bf16: ELAN-light (batch 64 of 64x64 LR
+#      patches) and ELAN (batch 32 of 48x48): reference arithmetic, fast path (1x1 convolutions kept as cuDNN's
+#      on CUDA), fast path with fused attention (elan_arch/archs/window_kernels.py);
+#   3. scripts/attention_speed.py: the attention alone, bmm form vs the kernels at blocks of 16/32/64;
+#   4. scripts/recipe_speed.py: s/iteration of train_ELAN_light_x4.yml through `basicsr train`, data included,
 #      reference vs fused attention, float32 and bf16;
-#   4. `elan bench` inference, float32 and float16, with and without fused attention.
+#   5. `elan bench` inference, float32 and float16, with and without fused attention;
+#   6. tests/test_cuda.py (AMP training, resume, NCCL torchrun, inference; passed on an H100 before).
 #
 # Here, once (downloads what the GPU image lacks, basicsr and lmdb, into .whl/, which git ignores):
 #   scripts/gpu_session.sh wheels
@@ -55,18 +57,23 @@ step() {
 
 nvidia-smi -L
 python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name())'
-step kernel-tests 150 python3 -m pytest -q -p no:cacheprovider -x tests/test_window_kernels.py
-step attention-speed 90 python3 scripts/attention_speed.py --iters 20
-step train-bench-fp32 75 python3 -m elan_arch bench --train --device cuda --batch 64 --patch 64 --runs 8 --warmup 3 \
-    --models elan-light elan-light-ref elan-light-fused --output-dir "$OUT" --force
-step train-bench-bf16 75 python3 -m elan_arch bench --train --device cuda --batch 64 --patch 64 --runs 8 --warmup 3 \
-    --amp bf16 --models elan-light elan-light-ref elan-light-fused --output-dir "$OUT" --force
-step recipe-speed 200 python3 scripts/recipe_speed.py --options options/train_ELAN_light_x4.yml --iters 60 \
-    --warmup 20 --variants fp32 fp32+fused bf16 bf16+fused --root /tmp/recipe_speed
+step kernel-tests 120 python3 -m pytest -q -p no:cacheprovider -x tests/test_window_kernels.py
+for amp in fp32 bf16; do
+    step "train-bench-light-$amp" 60 python3 -m elan_arch bench --train --device cuda --batch 64 --patch 64 --runs 8 \
+        --warmup 3 $([ $amp = bf16 ] && echo --amp bf16) --models elan-light elan-light-ref elan-light-fused \
+        --output-dir "$OUT" --force
+done
+for amp in fp32 bf16; do
+    step "train-bench-elan-$amp" 60 python3 -m elan_arch bench --train --device cuda --batch 32 --patch 48 --runs 6 \
+        --warmup 2 $([ $amp = bf16 ] && echo --amp bf16) --models elan elan-ref elan-fused --output-dir "$OUT" --force
+done
+step attention-speed 60 python3 scripts/attention_speed.py --iters 20
+step recipe-speed 150 python3 scripts/recipe_speed.py --options options/train_ELAN_light_x4.yml --iters 50 \
+    --warmup 15 --variants fp32 fp32+fused bf16 bf16+fused --root /tmp/recipe_speed
 cp /tmp/recipe_speed/*.md "$OUT"/ 2>/dev/null
-step cuda-tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
-step infer-bench 60 python3 -m elan_arch bench --device cuda --models elan-light elan-light-fused elan elan-fused \
+step infer-bench 45 python3 -m elan_arch bench --device cuda --models elan-light elan-light-fused elan elan-fused \
     --output-dir "$OUT" --force
-step infer-bench-half 60 python3 -m elan_arch bench --device cuda --half --models elan-light elan-light-fused elan \
+step infer-bench-half 45 python3 -m elan_arch bench --device cuda --half --models elan-light elan-light-fused elan \
     elan-fused --output-dir "$OUT" --force
+step cuda-tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
 echo "=== done in $((SECONDS - START)) s"
