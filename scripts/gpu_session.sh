@@ -52,28 +52,39 @@ step() {
     [ "$limit" -gt "$left" ] && limit=$left
     echo "=== [$((SECONDS - START))s] $name (limit ${limit}s)"
     timeout "$limit" "$@"
-    echo "=== [$((SECONDS - START))s] $name: exit $?"
+    local status=$?
+    echo "=== [$((SECONDS - START))s] $name: exit $status"
+    return $status
 }
 
 nvidia-smi -L
 python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name())'
+# if the kernels fail on this GPU, the benchmarks still measure the reference and the fast path without them
+# (a time-out, 124, is no verdict: they stay in)
 step kernel-tests 120 python3 -m pytest -q -p no:cacheprovider -x tests/test_window_kernels.py
+status=$?
+if [ $status -eq 0 ] || [ $status -eq 124 ]; then
+    LIGHT_FUSED=elan-light-fused ELAN_FUSED=elan-fused RECIPE_FUSED="fp32+fused bf16+fused"
+else
+    LIGHT_FUSED= ELAN_FUSED= RECIPE_FUSED=
+    echo "=== the fused kernels failed their tests: left out of the measurements below"
+fi
 for amp in fp32 bf16; do
     step "train-bench-light-$amp" 60 python3 -m elan_arch bench --train --device cuda --batch 64 --patch 64 --runs 8 \
-        --warmup 3 $([ $amp = bf16 ] && echo --amp bf16) --models elan-light elan-light-ref elan-light-fused \
+        --warmup 3 $([ $amp = bf16 ] && echo --amp bf16) --models elan-light elan-light-ref $LIGHT_FUSED \
         --output-dir "$OUT" --force
 done
 for amp in fp32 bf16; do
     step "train-bench-elan-$amp" 60 python3 -m elan_arch bench --train --device cuda --batch 32 --patch 48 --runs 6 \
-        --warmup 2 $([ $amp = bf16 ] && echo --amp bf16) --models elan elan-ref elan-fused --output-dir "$OUT" --force
+        --warmup 2 $([ $amp = bf16 ] && echo --amp bf16) --models elan elan-ref $ELAN_FUSED --output-dir "$OUT" --force
 done
 step attention-speed 60 python3 scripts/attention_speed.py --iters 20
 step recipe-speed 150 python3 scripts/recipe_speed.py --options options/train_ELAN_light_x4.yml --iters 50 \
-    --warmup 15 --variants fp32 fp32+fused bf16 bf16+fused --root /tmp/recipe_speed
+    --warmup 15 --variants fp32 bf16 $RECIPE_FUSED --root /tmp/recipe_speed
 cp /tmp/recipe_speed/*.md "$OUT"/ 2>/dev/null
-step infer-bench 45 python3 -m elan_arch bench --device cuda --models elan-light elan-light-fused elan elan-fused \
+step infer-bench 45 python3 -m elan_arch bench --device cuda --models elan-light $LIGHT_FUSED elan $ELAN_FUSED \
     --output-dir "$OUT" --force
-step infer-bench-half 45 python3 -m elan_arch bench --device cuda --half --models elan-light elan-light-fused elan \
-    elan-fused --output-dir "$OUT" --force
+step infer-bench-half 45 python3 -m elan_arch bench --device cuda --half --models elan-light $LIGHT_FUSED elan \
+    $ELAN_FUSED --output-dir "$OUT" --force
 step cuda-tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
 echo "=== done in $((SECONDS - START)) s"
