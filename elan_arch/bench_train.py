@@ -3,7 +3,9 @@ SwinIR-light, and the data loader's speed for an option file's training set.
 
 One training step is what ``ELANModel.optimize_parameters`` does: forward (under autocast with
 ``--amp``), L1 loss, backward, Adam step. The models are timed round-robin, the median of
-``--runs`` steps after ``--warmup`` ones, so that background load affects them alike.
+``--runs`` steps after ``--warmup`` ones, so that background load affects them alike. A model whose step
+fails (out of memory at a large batch, a kernel that does not build on this GPU) is reported in its row and
+left out of the later rounds; the others are still measured.
 """
 from __future__ import annotations
 
@@ -21,15 +23,22 @@ from .errors import ElanError
 
 @dataclass
 class TrainResult:
-    """Step times (s) of one model."""
+    """Step times (s) of one model, or the error that stopped it."""
     key: str
     name: str
     params: int
     times: List[float]
+    error: Optional[str] = None
 
     @property
     def median(self) -> float:
         return statistics.median(self.times)
+
+
+def _describe(error: Exception) -> str:
+    """``Type: first line of the message`` (at most 160 characters), for a table cell."""
+    lines = str(error).strip().splitlines()
+    return f'{type(error).__name__}: {lines[0] if lines else ""}'[:160].replace('|', '/')
 
 
 def make_step(net: torch.nn.Module, batch: int, patch: int, scale: int, device: torch.device,
@@ -66,11 +75,22 @@ def measure_training(models: Dict[str, torch.nn.Module], names: Dict[str, str], 
     with tqdm(total=len(models) * (warmup + runs), unit='step', disable=not progress, desc='training steps') as bar:
         for round_ in range(warmup + runs):
             for result in results:
+                bar.update()
+                if result.error is not None:
+                    continue
                 start = time.perf_counter()
-                steps[result.key]()
+                try:
+                    steps[result.key]()
+                except Exception as error:  # noqa: BLE001 (reported in the table; the other models go on)
+                    result.error, result.times = _describe(error), []
+                    tqdm.write(f'elan bench --train: {result.name} failed: {result.error}')
+                    del steps[result.key]
+                    models[result.key].to('cpu')
+                    if device.type == 'cuda':
+                        torch.cuda.empty_cache()
+                    continue
                 if round_ >= warmup:
                     result.times.append(time.perf_counter() - start)
-                bar.update()
     return results
 
 
@@ -115,8 +135,11 @@ def markdown_training(results: List[TrainResult], batch: int, setup: str,
     lines = [setup, '', '| model | trainable params | step (ms, median) | samples/s | speed-up vs its reference arithmetic |',
              '|---|---:|---:|---:|---:|']
     for r in results:
+        if r.error is not None:
+            lines.append(f'| {r.name} | {r.params:,} | failed: {r.error} | n/a | n/a |')
+            continue
         ref = by_key.get(f'{r.key.removesuffix("-fused")}-ref')
-        ratio = f'{ref.median / r.median:.2f}x' if ref is not None else 'n/a'
+        ratio = f'{ref.median / r.median:.2f}x' if ref is not None and ref.error is None else 'n/a'
         lines.append(f'| {r.name} | {r.params:,} | {r.median * 1e3:.0f} (min {min(r.times) * 1e3:.0f}) | '
                      f'{batch / r.median:.1f} | {ratio} |')
     if loader:

@@ -100,6 +100,33 @@ def test_bench_train_table_and_loader(tmp_path, capsys, monkeypatch):
     assert loader and float(loader.group(1)) > 0
 
 
+
+def test_bench_train_reports_a_failing_model_and_measures_the_others(tmp_path, capsys, monkeypatch):
+    """A model whose step fails (here the reference arithmetic 'runs out of memory' in its second step) gets its
+    error in its row and no more steps; the others are measured; the table is written; exit status 1."""
+    from elan_arch.archs.elan_arch import ELAN
+
+    calls = {'ref': 0}
+    forward = ELAN.forward
+
+    def flaky(self, x):
+        if not self.fast_training:
+            calls['ref'] += 1
+            if calls['ref'] == 2:
+                raise RuntimeError('CUDA out of memory. Tried to allocate 2 GiB | (pretend)\nsecond line')
+        return forward(self, x)
+
+    monkeypatch.setattr(ELAN, 'forward', flaky)
+    args = ['bench', '--train', '--batch', '1', '--patch', '16', '--runs', '2', '--warmup', '1', '--models',
+            'elan-light', 'elan-light-ref', '--output-dir', str(tmp_path), '--quiet']
+    assert main(args) == 1
+    table = (tmp_path / 'bench_train_cpu_x4_b1_p16.md').read_text()
+    rows = {m.group(1): m.group(2).split(' | ') for m in re.finditer(r'^\| ([^|]+) \| (.+) \|$', table, re.M)}
+    assert rows['ELAN-light (reference path)'][1:] == [
+        'failed: RuntimeError: CUDA out of memory. Tried to allocate 2 GiB / (pretend)', 'n/a', 'n/a']
+    assert float(rows['ELAN-light'][1].split()[0]) > 0 and rows['ELAN-light'][3] == 'n/a'
+    assert calls['ref'] == 2 and 'ELAN-light (reference path) failed: RuntimeError' in capsys.readouterr().out
+
 def test_bench_train_refuses_a_missing_option_file(tmp_path, capsys):
     assert main(['bench', '--train', '--opt', str(tmp_path / 'nope.yml'), '--output-dir', str(tmp_path)]) == 2
     assert 'nope.yml: no such option file' in capsys.readouterr().err

@@ -294,7 +294,7 @@ def run_training(args: argparse.Namespace, device, where: str) -> int:
     with atomic_path(md_path, overwrite=args.force) as tmp:
         tmp.write_text(table)
     print(f'wrote {md_path}')
-    return 0
+    return 1 if any(r.error is not None for r in results) else 0
 
 
 def run(args: argparse.Namespace) -> int:
