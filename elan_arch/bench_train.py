@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from .errors import ElanError
+from .errors import ElanError, one_line
 
 
 @dataclass
@@ -33,12 +33,6 @@ class TrainResult:
     @property
     def median(self) -> float:
         return statistics.median(self.times)
-
-
-def _describe(error: Exception) -> str:
-    """``Type: first line of the message`` (at most 160 characters), for a table cell."""
-    lines = str(error).strip().splitlines()
-    return f'{type(error).__name__}: {lines[0] if lines else ""}'[:160].replace('|', '/')
 
 
 def make_step(net: torch.nn.Module, batch: int, patch: int, scale: int, device: torch.device,
@@ -82,7 +76,7 @@ def measure_training(models: Dict[str, torch.nn.Module], names: Dict[str, str], 
                 try:
                     steps[result.key]()
                 except Exception as error:  # noqa: BLE001 (reported in the table; the other models go on)
-                    result.error, result.times = _describe(error), []
+                    result.error, result.times = one_line(error), []
                     tqdm.write(f'elan bench --train: {result.name} failed: {result.error}')
                     del steps[result.key]
                     models[result.key].to('cpu')

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Dict, List
 
 import cv2
 import pytest
@@ -23,6 +24,28 @@ def edsr_baseline_flops(h: int, w: int) -> int:
     return 2 * macs_per_lr_pixel * h * w
 
 
+def table_rows(table: str) -> Dict[str, List[str]]:
+    """A markdown table's rows: first cell -> the other cells."""
+    return {m.group(1): m.group(2).split(' | ') for m in re.finditer(r'^\| ([^|]+) \| (.+) \|$', table, re.M)}
+
+
+def fail_reference_path(monkeypatch, call: int, switch: str) -> Dict[str, int]:
+    """Make ELAN's reference arithmetic (``switch``, ``fast_inference`` or ``fast_training``, False) raise a
+    pretend out-of-memory error on its ``call``-th forward; returns the live count of its forwards."""
+    calls = {'ref': 0}
+    forward = elan_arch.ELAN.forward
+
+    def flaky(self, x):
+        if not getattr(self, switch):
+            calls['ref'] += 1
+            if calls['ref'] == call:
+                raise RuntimeError('CUDA out of memory. Tried to allocate 2 GiB | (pretend)\nsecond line')
+        return forward(self, x)
+
+    monkeypatch.setattr(elan_arch.ELAN, 'forward', flaky)
+    return calls
+
+
 def test_bench_writes_table_and_chart_with_the_right_counts(tmp_path, capsys):
     args = ['bench', '--size', '20x27', '--runs', '2', '--warmup', '0', '--models', 'elan-light', 'swinir-light',
             'edsr', '--output-dir', str(tmp_path), '--quiet']
@@ -30,7 +53,7 @@ def test_bench_writes_table_and_chart_with_the_right_counts(tmp_path, capsys):
     printed = capsys.readouterr().out
     table = (tmp_path / 'bench_cpu_x4_20x27.md').read_text()
     assert table in printed
-    rows = {m.group(1): m.group(2).split(' | ') for m in re.finditer(r'^\| ([^|]+) \| (.+) \|$', table, re.M)}
+    rows = table_rows(table)
     # parameters: ELAN.md's counts for ELAN-light x4 and BasicSR's SwinIR-light x4; EDSR baseline x4
     assert rows['ELAN-light'][0] == '601,488'
     assert rows['SwinIR-light'][0] == '929,628'
@@ -46,6 +69,22 @@ def test_bench_writes_table_and_chart_with_the_right_counts(tmp_path, capsys):
     assert main(args) == 2  # results are not replaced without --force
     assert 'already exists; pass --force' in capsys.readouterr().err
 
+
+
+def test_bench_reports_a_failing_model_and_measures_the_others(tmp_path, capsys, monkeypatch):
+    """Inference: a model that fails in its timing rounds (here the reference path 'runs out of memory' on its
+    third call) gets its error in its row and is left out of the chart; the others are measured; exit 1."""
+    calls = fail_reference_path(monkeypatch, 3, 'fast_inference')
+    args = ['bench', '--size', '16x16', '--runs', '2', '--warmup', '1', '--models', 'elan-light', 'elan-light-ref',
+            'swinir-light', '--output-dir', str(tmp_path), '--quiet']
+    assert main(args) == 1
+    table = (tmp_path / 'bench_cpu_x4_16x16.md').read_text()
+    rows = table_rows(table)
+    assert rows['ELAN-light (reference path)'][1:] == ['n/a', 'failed: RuntimeError: CUDA out of memory. Tried to allocate 2 GiB / (pretend)',
+                                                       'n/a', 'n/a']
+    assert float(rows['ELAN-light'][3].rstrip('x')) > 0 and float(rows['SwinIR-light'][2].split()[0]) > 0
+    assert calls['ref'] == 3 and (tmp_path / 'bench_cpu_x4_16x16.png').stat().st_size > 0
+    assert 'ELAN-light (reference path) failed' in capsys.readouterr().out
 
 @pytest.mark.parametrize('args,message', [
     (['--size', '20by27'], "--size '20by27': expected HEIGHTxWIDTH"),
@@ -88,7 +127,7 @@ def test_bench_train_table_and_loader(tmp_path, capsys, monkeypatch):
     assert main(args) == 0
     table = (tmp_path / 'out' / 'bench_train_cpu_x4_b2_p16.md').read_text()
     assert table in capsys.readouterr().out
-    rows = {m.group(1): m.group(2).split(' | ') for m in re.finditer(r'^\| ([^|]+) \| (.+) \|$', table, re.M)}
+    rows = table_rows(table)
     assert rows['ELAN-light'][0] == rows['ELAN-light (reference path)'][0] == '601,488'
     step = float(rows['ELAN-light'][1].split()[0])
     assert step > 0 and float(rows['ELAN-light'][2]) == pytest.approx(2 / (step / 1e3), rel=0.02, abs=0.06)
@@ -104,24 +143,12 @@ def test_bench_train_table_and_loader(tmp_path, capsys, monkeypatch):
 def test_bench_train_reports_a_failing_model_and_measures_the_others(tmp_path, capsys, monkeypatch):
     """A model whose step fails (here the reference arithmetic 'runs out of memory' in its second step) gets its
     error in its row and no more steps; the others are measured; the table is written; exit status 1."""
-    from elan_arch.archs.elan_arch import ELAN
-
-    calls = {'ref': 0}
-    forward = ELAN.forward
-
-    def flaky(self, x):
-        if not self.fast_training:
-            calls['ref'] += 1
-            if calls['ref'] == 2:
-                raise RuntimeError('CUDA out of memory. Tried to allocate 2 GiB | (pretend)\nsecond line')
-        return forward(self, x)
-
-    monkeypatch.setattr(ELAN, 'forward', flaky)
+    calls = fail_reference_path(monkeypatch, 2, 'fast_training')
     args = ['bench', '--train', '--batch', '1', '--patch', '16', '--runs', '2', '--warmup', '1', '--models',
             'elan-light', 'elan-light-ref', '--output-dir', str(tmp_path), '--quiet']
     assert main(args) == 1
     table = (tmp_path / 'bench_train_cpu_x4_b1_p16.md').read_text()
-    rows = {m.group(1): m.group(2).split(' | ') for m in re.finditer(r'^\| ([^|]+) \| (.+) \|$', table, re.M)}
+    rows = table_rows(table)
     assert rows['ELAN-light (reference path)'][1:] == [
         'failed: RuntimeError: CUDA out of memory. Tried to allocate 2 GiB / (pretend)', 'n/a', 'n/a']
     assert float(rows['ELAN-light'][1].split()[0]) > 0 and rows['ELAN-light'][3] == 'n/a'

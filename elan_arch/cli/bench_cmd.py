@@ -21,7 +21,7 @@ import torch
 
 from ..archs import window_kernels
 from ..archs.elan_arch import pad_to_multiple
-from ..errors import ElanError
+from ..errors import ElanError, one_line
 
 #: ``--models`` keys -> table names; the order is the table's.
 MODELS: Dict[str, str] = {
@@ -51,6 +51,7 @@ class Result:
     flops: int
     latencies: List[float]
     peak_mib: Optional[float]
+    error: Optional[str] = None
 
     @property
     def name(self) -> str:
@@ -187,7 +188,8 @@ def peak_memory_mib(forward: Callable[[], object], device) -> Optional[float]:
 
 def measure(keys: List[str], scale: int, size: Tuple[int, int], device, dtype, compile_net: bool,
             runs: int, warmup: int, progress: bool) -> List[Result]:
-    """Build every model, count its FLOPs and peak memory, then time them round-robin."""
+    """Build every model, count its FLOPs and peak memory, then time them round-robin. A model that fails
+    (out of memory, a kernel that does not build here) keeps its error and is left out of later rounds."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
     from tqdm import tqdm
@@ -204,24 +206,42 @@ def measure(keys: List[str], scale: int, size: Tuple[int, int], device, dtype, c
                                       disable=not progress) as bar:
         for key in keys:
             net = build_model(key, scale).to(device, dtype)
-            params = sum(p.numel() for p in net.parameters())
-            with FlopCounterMode(display=False) as counter:
-                net(x)
-            nets[key] = torch.compile(net, dynamic=False) if compile_net else net
-            peak = peak_memory_mib(lambda: forward(nets[key]), device)
-            results.append(Result(key, params, counter.get_total_flops(), [], peak))
+            result = Result(key, sum(p.numel() for p in net.parameters()), 0, [], None)
+            results.append(result)
+            try:
+                with FlopCounterMode(display=False) as counter:
+                    net(x)
+                result.flops = counter.get_total_flops()
+                nets[key] = torch.compile(net, dynamic=False) if compile_net else net
+                result.peak_mib = peak_memory_mib(lambda: forward(nets[key]), device)
+            except Exception as error:  # noqa: BLE001 (reported in the table; the other models go on)
+                _failed(result, error, device)
             bar.update(2)
-        for _ in range(warmup):
-            for key in keys:
-                forward(nets[key])
-                bar.update()
-        for _ in range(runs):
+        for round_ in range(warmup + runs):
             for result in results:
-                start = time.perf_counter()
-                forward(nets[result.key])
-                result.latencies.append(time.perf_counter() - start)
                 bar.update()
+                if result.error is not None:
+                    continue
+                start = time.perf_counter()
+                try:
+                    forward(nets[result.key])
+                except Exception as error:  # noqa: BLE001
+                    nets.pop(result.key)
+                    _failed(result, error, device)
+                    continue
+                if round_ >= warmup:
+                    result.latencies.append(time.perf_counter() - start)
     return results
+
+
+def _failed(result: Result, error: Exception, device) -> None:
+    """Record ``error`` for ``result`` (and say so), freeing what the GPU cached for it."""
+    from tqdm import tqdm
+
+    result.error, result.latencies = one_line(error), []
+    tqdm.write(f'elan bench: {result.name} failed: {result.error}')
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
 
 
 def markdown(results: List[Result], setup: str) -> str:
@@ -231,7 +251,10 @@ def markdown(results: List[Result], setup: str) -> str:
              '| model | params | GFLOPs | latency (ms, median) | speed-up vs SwinIR-light | peak memory (MiB) |',
              '|---|---:|---:|---:|---:|---:|']
     for r in results:
-        ratio = f'{base.latency / r.latency:.2f}x' if base else 'n/a'
+        if r.error is not None:
+            lines.append(f'| {r.name} | {r.params:,} | n/a | failed: {r.error} | n/a | n/a |')
+            continue
+        ratio = f'{base.latency / r.latency:.2f}x' if base and base.error is None else 'n/a'
         peak = f'{r.peak_mib:.0f}' if r.peak_mib is not None else 'n/a'
         gflops = f'{r.flops / 1e9:.1f}' if r.flops else 'n/a'  # onnxruntime's work is invisible to PyTorch
         lines.append(f'| {r.name} | {r.params:,} | {gflops} | {r.latency * 1e3:.0f} '
@@ -240,12 +263,13 @@ def markdown(results: List[Result], setup: str) -> str:
 
 
 def bar_chart(results: List[Result], title: str, path: Path) -> None:
-    """Three bar panels (latency, GFLOPs, parameters) written to ``path`` as PNG."""
+    """Three bar panels (latency, GFLOPs, parameters) of the models that ran, written to ``path`` as PNG."""
     import matplotlib
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
+    results = [r for r in results if r.error is None]
     names = [r.name.replace(' (reference path)', '\n(reference path)') for r in results]
     panels = [('latency (ms, median)', [r.latency * 1e3 for r in results]),
               ('GFLOPs', [r.flops / 1e9 for r in results]),
@@ -339,4 +363,4 @@ def run(args: argparse.Namespace) -> int:
     with atomic_path(png_path, overwrite=args.force) as tmp:
         bar_chart(results, f'x{args.scale}, {size[0]}x{size[1]} LR, {where}', tmp)
     print(f'wrote {md_path} and {png_path}')
-    return 0
+    return 1 if any(r.error is not None for r in results) else 0
