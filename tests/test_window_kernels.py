@@ -100,11 +100,9 @@ def kernel_calls() -> Iterator[List[torch.dtype]]:
     """The dtype of the values of every call of the fused kernels' entry point inside the block."""
     calls: List[torch.dtype] = []
     original = window_kernels.window_attention
-    window_kernels.window_attention = lambda q, v, *args: calls.append(v.dtype) or original(q, v, *args)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(window_kernels, 'window_attention', lambda q, v, *a: calls.append(v.dtype) or original(q, v, *a))
         yield calls
-    finally:
-        window_kernels.window_attention = original
 
 
 @pytest.mark.parametrize('variant', ['ELAN-light', 'ELAN'])
