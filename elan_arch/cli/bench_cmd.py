@@ -215,6 +215,7 @@ def measure(keys: List[str], scale: int, size: Tuple[int, int], device, dtype, c
                 nets[key] = torch.compile(net, dynamic=False) if compile_net else net
                 result.peak_mib = peak_memory_mib(lambda: forward(nets[key]), device)
             except Exception as error:  # noqa: BLE001 (reported in the table; the other models go on)
+                nets.pop(key, None)
                 _failed(result, error, device)
             bar.update(2)
         for round_ in range(warmup + runs):
