@@ -240,7 +240,8 @@ class ELAN(nn.Module):
             statistics) on :mod:`~elan_arch.archs.elan_fast`, the same function with the same
             gradients, reorganised for speed. ``None`` (default): on the CPU, where it is measured
             faster, but neither on CUDA, where the one measurement so far (H200, paper recipes, before
-            ``fused_attention``) found it slower than the reference arithmetic (unless
+            ``fused_attention`` and before its 1x1 convolutions went back to cuDNN's there) found it
+            slower than the reference arithmetic (unless
             ``fused_attention`` asks for the fast path's kernels), nor under ``torch.compile``, which fuses the
             reference's rolls, partitions and concatenations itself (measured on the 2-core CPU: a
             compiled training step of the reference 0.79 s against 0.85 s for the eager fast path;
