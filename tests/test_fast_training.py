@@ -204,6 +204,18 @@ def test_cuda_route_keeps_convolutions_and_batchnorm(monkeypatch):
         fast.eval().fast_inference, ref.eval().fast_inference = True, False
         assert relative(fast(x), ref(x)) < 1e-5
 
+
+def test_sync_batchnorm_runs_as_itself(monkeypatch):
+    """A project_inp BatchNorm converted to ``nn.SyncBatchNorm`` (statistics gathered across processes) is not
+    folded into the matrix product, whose statistics would be this process's alone: the module itself runs."""
+    monkeypatch.setattr(fast_ops._BatchNormLinear, 'apply', lambda *args: pytest.fail('SyncBatchNorm was folded'))
+    torch.manual_seed(4)
+    net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(ELAN(upscale=2, **SMALL_LIGHT))
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in net.modules())
+    x, gt = photo_pair(2, 16, 16)
+    diffs = compare(net, x, gt)  # one process: SyncBatchNorm computes what BatchNorm2d does
+    assert max(diffs.values()) < 1e-4, diffs
+
 def test_option_and_dispatch(monkeypatch):
     calls = []
     original = elan_fast.forward_padded

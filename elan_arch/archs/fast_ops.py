@@ -252,8 +252,10 @@ def linear_batchnorm(x: Tensor, weight: Tensor, bias: Tensor, bn: torch.nn.Batch
     """``bn(conv1x1(x))`` for a BatchNorm in train mode: batch statistics, and running statistics
     updated exactly as ``nn.BatchNorm2d`` does (unbiased variance, ``momentum``, or the cumulative
     average when it is None). (B, Cin, H, W) channels_last -> (B, Cout, H, W) channels_last.
-    On CUDA (:func:`as_convolution`), under a compiler or autocast: ``bn`` itself after :func:`linear`."""
-    if not custom_functions_ok(x) or bn.weight is None or as_convolution(x):
+    On CUDA (:func:`as_convolution`), under a compiler or autocast, and for any other BatchNorm class
+    (``nn.SyncBatchNorm`` gathers its statistics across processes): ``bn`` itself after :func:`linear`."""
+    if (not custom_functions_ok(x) or bn.weight is None or as_convolution(x)
+            or type(bn) is not torch.nn.BatchNorm2d):
         return bn(linear(x, weight, bias))
     x2 = pixel_rows(x)
     out, mean, var = _BatchNormLinear.apply(x2, weight.reshape(weight.shape[0], x.shape[1]), bias, bn.weight,
