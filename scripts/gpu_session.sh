@@ -34,7 +34,7 @@ if [ "${1:-}" = wheels ]; then
 fi
 [ "${1:-}" = run ] || { echo "usage: $0 wheels | run" >&2; exit 2; }
 
-OUT="${OUT:-gpu_results}"
+export OUT="${OUT:-gpu_results}"
 mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu_session.log") 2>&1
 export PYTHONUNBUFFERED=1
@@ -72,19 +72,22 @@ fi
 for amp in fp32 bf16; do
     step "train-bench-light-$amp" 60 python3 -m elan_arch bench --train --device cuda --batch 64 --patch 64 --runs 8 \
         --warmup 3 $([ $amp = bf16 ] && echo --amp bf16) --models elan-light elan-light-ref $LIGHT_FUSED \
-        --output-dir "$OUT" --force
+        --output-dir "$OUT" --force --quiet
 done
 for amp in fp32 bf16; do
     step "train-bench-elan-$amp" 60 python3 -m elan_arch bench --train --device cuda --batch 32 --patch 48 --runs 6 \
-        --warmup 2 $([ $amp = bf16 ] && echo --amp bf16) --models elan elan-ref $ELAN_FUSED --output-dir "$OUT" --force
+        --warmup 2 $([ $amp = bf16 ] && echo --amp bf16) --models elan elan-ref $ELAN_FUSED --output-dir "$OUT" --force --quiet
 done
-step attention-speed 60 python3 scripts/attention_speed.py --iters 20
+step attention-speed 60 bash -c 'python3 scripts/attention_speed.py --iters 20 | tee "$OUT/attention_speed.md"'
 step recipe-speed 150 python3 scripts/recipe_speed.py --options options/train_ELAN_light_x4.yml --iters 50 \
     --warmup 15 --variants fp32 bf16 $RECIPE_FUSED --root /tmp/recipe_speed
 cp /tmp/recipe_speed/*.md "$OUT"/ 2>/dev/null
 step infer-bench 45 python3 -m elan_arch bench --device cuda --models elan-light $LIGHT_FUSED elan $ELAN_FUSED \
-    --output-dir "$OUT" --force
+    --output-dir "$OUT" --force --quiet
 step infer-bench-half 45 python3 -m elan_arch bench --device cuda --half --models elan-light $LIGHT_FUSED elan \
-    $ELAN_FUSED --output-dir "$OUT" --force
+    $ELAN_FUSED --output-dir "$OUT" --force --quiet
 step cuda-tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
-echo "=== done in $((SECONDS - START)) s"
+echo "=== done in $((SECONDS - START)) s; the tables:"
+for table in "$OUT"/bench_train_*.md "$OUT"/attention_speed.md "$OUT"/recipe_speed*.md "$OUT"/bench_cuda*.md; do
+    [ -f "$table" ] && { echo "--- $table"; cat "$table"; }
+done
