@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Window attention alone, forward + backward, at the paper recipes' shapes: the ``bmm`` form against the
-fused Triton kernels (elan_arch/archs/window_kernels.py) at each block size (a script, not a test: it is
-for tuning the kernels on a GPU; ``scripts/gpu_session.sh`` runs it).
+"""Window attention alone, forward + backward (training) and forward alone (inference), at the paper recipes'
+shapes: the ``bmm`` form against the fused Triton kernels (elan_arch/archs/window_kernels.py) at each block
+size (a script, not a test: it is for tuning the kernels on a GPU; ``scripts/gpu_session.sh`` runs it).
 
 One computing GMSA (queries and values of 3 groups, windows 4/8/16, shifted) and, for ELAN-light, its
 sharing GMSA, as ``window_ops.gmsa_attention`` runs them in training; median of ``--iters`` after warm-up,
-timed with CUDA events on a GPU. Prints a markdown table (ms per forward + backward).
+timed with CUDA events on a GPU. Prints a markdown table (ms per pass).
 Usage: ``python scripts/attention_speed.py [--device cuda] [--iters 20]``.
 """
 from __future__ import annotations
@@ -46,21 +46,30 @@ def _elapsed(fn: Callable[[], None], device: torch.device, iters: int) -> float:
 
 
 def attention_step(batch: int, size: int, channels: int, sharing: bool, dtype: torch.dtype, device: torch.device,
-                   fused: bool) -> Callable[[], None]:
-    """Forward + backward of a computing GMSA's attention (and of its sharing GMSA's)."""
+                   fused: bool, train: bool) -> Callable[[], None]:
+    """A computing GMSA's attention (and its sharing GMSA's): forward + backward with ``train``, else the
+    forward under ``torch.inference_mode``."""
     gen = torch.Generator(device=device).manual_seed(0)
     pixels = batch * size * size
-    computing = torch.randn(pixels, 2 * channels, device=device, dtype=dtype, generator=gen).requires_grad_()
-    values = torch.randn(pixels, channels, device=device, dtype=dtype, generator=gen).requires_grad_()
+    computing = torch.randn(pixels, 2 * channels, device=device, dtype=dtype, generator=gen).requires_grad_(train)
+    values = torch.randn(pixels, channels, device=device, dtype=dtype, generator=gen).requires_grad_(train)
     orders = [window_ops.window_order(batch, size, size, ws, True, device) for ws in WINDOWS]
     split = [2 * channels // len(WINDOWS)] * len(WINDOWS)
 
-    def step() -> None:
+    def forward() -> torch.Tensor:
         out, state = window_ops.gmsa_attention(computing, orders, WINDOWS, split, None, fused)
         if sharing:
             out = torch.cat([out, window_ops.gmsa_attention(values, orders, WINDOWS, [s // 2 for s in split],
                                                             state, fused)[0]], 1)
-        out.backward(torch.ones_like(out))
+        return out
+
+    def step() -> None:
+        if train:
+            out = forward()
+            out.backward(torch.ones_like(out))
+        else:
+            with torch.inference_mode():
+                forward()
 
     return step
 
@@ -75,26 +84,28 @@ def main(argv: Optional[List[str]] = None) -> None:
     device = torch.device(args.device)
     fused_ok = window_kernels.available(torch.empty(0, device=device), WINDOWS)
     blocks = [16, 32, 64] if fused_ok else []
-    print(f'Window attention forward + backward (ms, median of {args.iters}), {device}, torch {torch.__version__}; '
-          f'blocks: the fused kernels with MAX_BLOCK set to that (default {window_kernels.MAX_BLOCK})\n')
-    print('| shape | dtype | bmm form |' + ''.join(f' fused, blocks of {b} |' for b in blocks))
-    print('|---|---|---:|' + '---:|' * len(blocks))
+    print(f'Window attention (ms, median of {args.iters}), {device}, torch {torch.__version__}; blocks: the '
+          f'fused kernels with MAX_BLOCK set to that (default {window_kernels.MAX_BLOCK})\n')
+    print('| shape | dtype | pass | bmm form |' + ''.join(f' fused, blocks of {b} |' for b in blocks))
+    print('|---|---|---|---:|' + '---:|' * len(blocks))
     default_block = window_kernels.MAX_BLOCK
     for name, batch, size, channels, sharing in SHAPES:
         batch, size = max(1, batch // args.scale_down), max(16, size // args.scale_down // 16 * 16)
-        for dtype in (torch.float32, torch.bfloat16):
+        for dtype, train in [(d, t) for d in (torch.float32, torch.bfloat16) for t in (True, False)]:
             if dtype == torch.bfloat16 and device.type != 'cuda':
                 continue
-            cells = [_elapsed(attention_step(batch, size, channels, sharing, dtype, device, False), device, args.iters)]
+            cells = [_elapsed(attention_step(batch, size, channels, sharing, dtype, device, False, train), device,
+                              args.iters)]
             for block in blocks:
                 window_kernels.MAX_BLOCK = block
                 try:
-                    step = attention_step(batch, size, channels, sharing, dtype, device, True)
+                    step = attention_step(batch, size, channels, sharing, dtype, device, True, train)
                     cells.append(_elapsed(step, device, args.iters))
                 finally:
                     window_kernels.MAX_BLOCK = default_block
             print(f'| {name}, batch {batch} of {size}x{size}{", + sharing GMSA" if sharing else ""} | '
-                  f'{str(dtype)[6:]} | ' + ' | '.join(f'{c * 1e3:.2f}' for c in cells) + ' |', flush=True)
+                  f'{str(dtype)[6:]} | {"forward + backward" if train else "forward (inference)"} | '
+                  + ' | '.join(f'{c * 1e3:.2f}' for c in cells) + ' |', flush=True)
 
 
 if __name__ == '__main__':

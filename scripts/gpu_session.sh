@@ -8,7 +8,8 @@
 #   2. `elan bench --train` at the paper recipes' steps, float32 and bf16: ELAN-light (batch 64 of 64x64 LR
 #      patches) and ELAN (batch 32 of 48x48): reference arithmetic, fast path (1x1 convolutions kept as cuDNN's
 #      on CUDA), fast path with fused attention (elan_arch/archs/window_kernels.py);
-#   3. scripts/attention_speed.py: the attention alone, bmm form vs the kernels at blocks of 16/32/64;
+#   3. scripts/attention_speed.py: the attention alone (training and inference), bmm form vs the kernels at
+#      blocks of 16/32/64;
 #   4. scripts/recipe_speed.py: s/iteration of train_ELAN_light_x4.yml through `basicsr train`, data included,
 #      reference vs fused attention, float32 and bf16;
 #   5. `elan bench` inference, float32 and float16, with and without fused attention;
@@ -78,7 +79,7 @@ for amp in fp32 bf16; do
     step "train-bench-elan-$amp" 60 python3 -m elan_arch bench --train --device cuda --batch 32 --patch 48 --runs 6 \
         --warmup 2 $([ $amp = bf16 ] && echo --amp bf16) --models elan elan-ref $ELAN_FUSED --output-dir "$OUT" --force --quiet
 done
-step attention-speed 60 bash -c 'python3 scripts/attention_speed.py --iters 20 | tee "$OUT/attention_speed.md"'
+step attention-speed 90 bash -c 'python3 scripts/attention_speed.py --iters 20 | tee "$OUT/attention_speed.md"'
 step recipe-speed 150 python3 scripts/recipe_speed.py --options options/train_ELAN_light_x4.yml --iters 50 \
     --warmup 15 --variants fp32 bf16 $RECIPE_FUSED --root /tmp/recipe_speed
 cp /tmp/recipe_speed/*.md "$OUT"/ 2>/dev/null

@@ -268,4 +268,5 @@ def test_attention_speed_script_runs(monkeypatch, capsys):
     import attention_speed
     attention_speed.main(['--device', 'cpu', '--iters', '1', '--scale-down', '16'])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith('| ELAN')]
-    assert len(rows) == 2 and all(line.count('|') == 4 and float(line.split('|')[3]) > 0 for line in rows)
+    assert len(rows) == 4 and all(line.count('|') == 5 and float(line.split('|')[4]) > 0 for line in rows)
+    assert [line.split('|')[3].strip() for line in rows] == ['forward + backward', 'forward (inference)'] * 2
