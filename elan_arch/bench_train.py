@@ -13,7 +13,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +55,51 @@ def make_step(net: torch.nn.Module, batch: int, patch: int, scale: int, device: 
     return step
 
 
+def report_failure(command: str, name: str, error: Exception, device: torch.device) -> str:
+    """Say (under the progress bars) that ``name`` failed, empty the GPU's cache of what it held, and return
+    the error in one line for its table row (:func:`~elan_arch.errors.one_line`)."""
+    from tqdm import tqdm
+
+    described = one_line(error)
+    tqdm.write(f'{command}: {name} failed: {described}')
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
+    return described
+
+
+def interleaved_times(calls: Dict[str, Callable[[], None]], names: Dict[str, str], warmup: int, runs: int,
+                      device: torch.device, command: str, bar: Any,
+                      release: Optional[Callable[[str], None]] = None) -> Tuple[Dict[str, List[float]], Dict[str, str]]:
+    """Run every call of ``calls`` round by round, ``warmup`` rounds and then ``runs`` timed ones, advancing
+    ``bar`` (tqdm) once per call and round. A call that raises is removed from ``calls`` (freeing what it
+    holds), ``release(key)`` frees what else it used, it is reported (:func:`report_failure`) and skipped
+    afterwards, so the others are still measured (this bench's and ``elan bench``'s inference rounds).
+
+    Returns:
+        Seconds per key of the timed rounds (none for a failed call), and per failed key its error in one
+        line (:func:`~elan_arch.errors.one_line`).
+    """
+    times: Dict[str, List[float]] = {key: [] for key in calls}
+    errors: Dict[str, str] = {}
+    for round_ in range(warmup + runs):
+        for key in times:
+            bar.update()
+            if key in errors:
+                continue
+            start = time.perf_counter()
+            try:
+                calls[key]()
+            except Exception as error:  # noqa: BLE001 (reported in the table; the other models go on)
+                del calls[key]
+                if release is not None:
+                    release(key)
+                errors[key], times[key] = report_failure(command, names[key], error, device), []
+                continue
+            if round_ >= warmup:
+                times[key].append(time.perf_counter() - start)
+    return times, errors
+
+
 def measure_training(models: Dict[str, torch.nn.Module], names: Dict[str, str], batch: int, patch: int,
                      scale: int, device: torch.device, amp: Optional[torch.dtype], runs: int, warmup: int,
                      progress: bool) -> List[TrainResult]:
@@ -67,24 +112,10 @@ def measure_training(models: Dict[str, torch.nn.Module], names: Dict[str, str], 
         steps[key] = make_step(net, batch, patch, scale, device, amp)
         results.append(TrainResult(key, names[key], sum(p.numel() for p in net.parameters() if p.requires_grad), []))
     with tqdm(total=len(models) * (warmup + runs), unit='step', disable=not progress, desc='training steps') as bar:
-        for round_ in range(warmup + runs):
-            for result in results:
-                bar.update()
-                if result.error is not None:
-                    continue
-                start = time.perf_counter()
-                try:
-                    steps[result.key]()
-                except Exception as error:  # noqa: BLE001 (reported in the table; the other models go on)
-                    result.error, result.times = one_line(error), []
-                    tqdm.write(f'elan bench --train: {result.name} failed: {result.error}')
-                    del steps[result.key]
-                    models[result.key].to('cpu')
-                    if device.type == 'cuda':
-                        torch.cuda.empty_cache()
-                    continue
-                if round_ >= warmup:
-                    result.times.append(time.perf_counter() - start)
+        times, errors = interleaved_times(steps, names, warmup, runs, device, 'elan bench --train', bar,
+                                          release=lambda key: models[key].to('cpu'))
+    for result in results:
+        result.times, result.error = times[result.key], errors.get(result.key)
     return results
 
 

@@ -129,13 +129,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     config = {} if args.variant == 'light' else dict(c_elan=180, m_elan=36, n_share=0)
     base = ELAN(upscale=4, **config).train()
     steps = {}
-    for key, fast in (('fast', True), ('reference', False)):
+    for key, fast in (('fast', True), ('reference', False), ('no attention', True)):
         net = copy.deepcopy(base)
         net.fast_training = fast
-        steps[key] = make_step(net, args.batch, args.patch, 4, torch.device('cpu'), None)
-    net = copy.deepcopy(base)
-    net.fast_training = True
-    steps['no attention'] = without_attention(make_step(net, args.batch, args.patch, 4, torch.device('cpu'), None))
+        step = make_step(net, args.batch, args.patch, 4, torch.device('cpu'), None)
+        steps[key] = without_attention(step) if key == 'no attention' else step
     times: Dict[str, List[float]] = {k: [] for k in steps}
     for _ in range(2):
         for step in steps.values():

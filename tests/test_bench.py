@@ -70,7 +70,6 @@ def test_bench_writes_table_and_chart_with_the_right_counts(tmp_path, capsys):
     assert 'already exists; pass --force' in capsys.readouterr().err
 
 
-
 def test_bench_reports_a_failing_model_and_measures_the_others(tmp_path, capsys, monkeypatch):
     """Inference: a model that fails in its timing rounds (here the reference path 'runs out of memory' on its
     third call) gets its error in its row and is left out of the chart; the others are measured; exit 1."""
@@ -80,11 +79,12 @@ def test_bench_reports_a_failing_model_and_measures_the_others(tmp_path, capsys,
     assert main(args) == 1
     table = (tmp_path / 'bench_cpu_x4_16x16.md').read_text()
     rows = table_rows(table)
-    assert rows['ELAN-light (reference path)'][1:] == ['n/a', 'failed: RuntimeError: CUDA out of memory. Tried to allocate 2 GiB / (pretend)',
-                                                       'n/a', 'n/a']
+    assert rows['ELAN-light (reference path)'][1:] == [
+        'n/a', 'failed: RuntimeError: CUDA out of memory. Tried to allocate 2 GiB / (pretend)', 'n/a', 'n/a']
     assert float(rows['ELAN-light'][3].rstrip('x')) > 0 and float(rows['SwinIR-light'][2].split()[0]) > 0
     assert calls['ref'] == 3 and (tmp_path / 'bench_cpu_x4_16x16.png').stat().st_size > 0
     assert 'ELAN-light (reference path) failed' in capsys.readouterr().out
+
 
 @pytest.mark.parametrize('args,message', [
     (['--size', '20by27'], "--size '20by27': expected HEIGHTxWIDTH"),
@@ -139,7 +139,6 @@ def test_bench_train_table_and_loader(tmp_path, capsys, monkeypatch):
     assert loader and float(loader.group(1)) > 0
 
 
-
 def test_bench_train_reports_a_failing_model_and_measures_the_others(tmp_path, capsys, monkeypatch):
     """A model whose step fails (here the reference arithmetic 'runs out of memory' in its second step) gets its
     error in its row and no more steps; the others are measured; the table is written; exit status 1."""
@@ -153,6 +152,7 @@ def test_bench_train_reports_a_failing_model_and_measures_the_others(tmp_path, c
         'failed: RuntimeError: CUDA out of memory. Tried to allocate 2 GiB / (pretend)', 'n/a', 'n/a']
     assert float(rows['ELAN-light'][1].split()[0]) > 0 and rows['ELAN-light'][3] == 'n/a'
     assert calls['ref'] == 2 and 'ELAN-light (reference path) failed: RuntimeError' in capsys.readouterr().out
+
 
 def test_bench_train_refuses_a_missing_option_file(tmp_path, capsys):
     assert main(['bench', '--train', '--opt', str(tmp_path / 'nope.yml'), '--output-dir', str(tmp_path)]) == 2

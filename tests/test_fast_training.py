@@ -181,7 +181,6 @@ def test_batchnorm_statistics_and_adam_steps_match():
         assert not grads_f[name].any() and grads_r[name].abs().max() < 1e-6 * largest, name
 
 
-
 def test_cuda_route_keeps_convolutions_and_batchnorm(monkeypatch):
     """On CUDA the fast path's 1x1 convolutions and project_inp's BatchNorm stay the reference's own
     operations (cuDNN's precision rules, TF32 by default, instead of cuBLAS's). That route, forced on the
@@ -215,6 +214,7 @@ def test_sync_batchnorm_runs_as_itself(monkeypatch):
     x, gt = photo_pair(2, 16, 16)
     diffs = compare(net, x, gt)  # one process: SyncBatchNorm computes what BatchNorm2d does
     assert max(diffs.values()) < 1e-4, diffs
+
 
 def test_option_and_dispatch(monkeypatch):
     calls = []

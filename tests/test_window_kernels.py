@@ -130,7 +130,6 @@ def test_where_the_kernels_serve(device, monkeypatch):
     assert not window_kernels.available(x.cpu(), [4, 8, 16])  # a CPU tensor, no interpreter: the bmm form
 
 
-
 #: Per setting, in a forked child (the settings are process-wide, and PyTorch refuses some mixes of the
 #: legacy and per-backend APIs): the kernels' precision for float32 and bfloat16 inputs, or the error.
 PRECISION = r"""
@@ -141,7 +140,7 @@ for setting in json.loads(sys.argv[1]):
     if pid == 0:
         try:
             exec(setting)
-            print(window_kernels._precision(torch.zeros(1)), window_kernels._precision(torch.zeros(1, dtype=torch.bfloat16)))
+            print(*(window_kernels._precision(torch.zeros(1, dtype=dtype)) for dtype in (torch.float32, torch.bfloat16)))
         except Exception as error:
             print('error', type(error).__name__)
         sys.stdout.flush()
@@ -170,6 +169,7 @@ def test_float32_products_follow_pytorchs_tf32_settings():
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = dict(zip(TF32_SETTINGS, proc.stdout.splitlines()))
     assert got == {setting: f'{expected} None' for setting, expected in TF32_SETTINGS.items()}
+
 
 def test_fused_attention_is_an_option_not_a_weight():
     net = ELAN(upscale=2, c_elan=15, m_elan=2, window_sizes=[2, 4, 8], fused_attention=True)
@@ -214,7 +214,8 @@ import elan_arch
 from elan_arch.archs import window_kernels as K
 TYPES = {torch.float32: '*fp32', torch.float16: '*fp16', torch.bfloat16: '*bf16'}
 I32 = ['stride_q', 'stride_v', 'stride_o', 'stride_lse', 'q_offset', 'v_offset', 'o_offset', 'lse_offset']
-CONFIGS = [(arch, dtype, ws, channels) for arch in (90, 80) for dtype in TYPES for ws in (4, 16) for channels in (20, 60)]
+CONFIGS = [(arch, dtype, ws, channels)
+           for arch in (90, 80) for dtype in TYPES for ws in (4, 16) for channels in (20, 60)]
 for arch, dtype, ws, channels in CONFIGS:  # windows of 4x4 / 16x16: blocks of 16 / 32 tokens (8x8 as 16x16)
     group = K.Group(ws, channels, 0, channels, 0)
     _, constants = K._launch(group, ws * ws)

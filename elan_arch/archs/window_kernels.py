@@ -83,9 +83,7 @@ def available(x: Tensor, window_sizes: Sequence[int]) -> bool:
     """Whether the kernels serve ``x``: Triton installed, not under ``torch.compile``, a CUDA tensor (a
     CPU one under the interpreter), a served dtype, and window sizes that are multiples of 4 (windows of
     a multiple of 16 tokens)."""
-    if triton is None or x.dtype not in DTYPES or torch.compiler.is_compiling():
-        return False
-    if not (x.is_cuda or (interpreting() and x.device.type == 'cpu')):
+    if x.dtype not in DTYPES or torch.compiler.is_compiling() or unavailable_reason(x.device) is not None:
         return False
     return all(block_size(ws * ws) is not None for ws in window_sizes)
 
@@ -232,12 +230,13 @@ def _forward(q_source: Tensor, v_source: Tensor, orders: Sequence[Tensor], group
     pixels = v_source.shape[0]
     out = v_source.new_empty(pixels, sum(g.channels for g in groups))
     lse = torch.empty(pixels, len(groups), dtype=torch.float32, device=v_source.device) if store_lse else out
+    precision = _precision(q_source)
     for index, (group, order) in enumerate(zip(groups, orders)):
         grid, constants = _launch(group, pixels)
         _attention_forward[grid](
             q_source, v_source, out, lse, order, q_source.stride(0), v_source.stride(0), out.stride(0),
             lse.stride(0), group.q_offset, group.v_offset, group.o_offset, index,
-            STORE_LSE=store_lse, PRECISION=_precision(q_source), **constants)
+            STORE_LSE=store_lse, PRECISION=precision, **constants)
     return out, (lse if store_lse else None)
 
 
@@ -278,12 +277,13 @@ class _WindowAttention(torch.autograd.Function):
             grad_q = grad_v = _gradient_buffer(q_source, 2 * channels)
         else:  # a sharing GMSA: its values, and the query channels of the computing GMSA's map
             grad_q, grad_v = _gradient_buffer(q_source, channels), _gradient_buffer(v_source, channels)
+        precision = _precision(q_source)
         for index, (group, order) in enumerate(zip(groups, orders)):
             grid, constants = _launch(group, pixels)
             _attention_backward[grid](
                 q_source, v_source, grad_out, lse, delta, grad_q, grad_v, order, q_source.stride(0),
                 v_source.stride(0), grad_out.stride(0), lse.stride(0), group.q_offset, group.v_offset,
-                group.o_offset, index, PRECISION=_precision(q_source), **constants)
+                group.o_offset, index, PRECISION=precision, **constants)
         if ctx.same:
             return grad_q, None, None, None
         return grad_q, grad_v, None, None

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -21,7 +21,8 @@ import torch
 
 from ..archs import window_kernels
 from ..archs.elan_arch import pad_to_multiple
-from ..errors import ElanError, one_line
+from ..bench_train import interleaved_times, report_failure
+from ..errors import ElanError
 
 #: ``--models`` keys -> table names; the order is the table's.
 MODELS: Dict[str, str] = {
@@ -195,7 +196,8 @@ def measure(keys: List[str], scale: int, size: Tuple[int, int], device, dtype, c
     from tqdm import tqdm
 
     x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
-    nets, results = {}, []
+    calls: Dict[str, Callable[[], None]] = {}
+    results = []
 
     def forward(net) -> None:
         net(x)
@@ -212,37 +214,19 @@ def measure(keys: List[str], scale: int, size: Tuple[int, int], device, dtype, c
                 with FlopCounterMode(display=False) as counter:
                     net(x)
                 result.flops = counter.get_total_flops()
-                nets[key] = torch.compile(net, dynamic=False) if compile_net else net
-                result.peak_mib = peak_memory_mib(lambda: forward(nets[key]), device)
+                ready = torch.compile(net, dynamic=False) if compile_net else net
+                result.peak_mib = peak_memory_mib(partial(forward, ready), device)
+                calls[key] = partial(forward, ready)
             except Exception as error:  # noqa: BLE001 (reported in the table; the other models go on)
-                nets.pop(key, None)
-                _failed(result, error, device)
+                result.error = report_failure('elan bench', result.name, error, device)
+                bar.update(warmup + runs)  # the rounds it will not run
             bar.update(2)
-        for round_ in range(warmup + runs):
-            for result in results:
-                bar.update()
-                if result.error is not None:
-                    continue
-                start = time.perf_counter()
-                try:
-                    forward(nets[result.key])
-                except Exception as error:  # noqa: BLE001
-                    nets.pop(result.key)
-                    _failed(result, error, device)
-                    continue
-                if round_ >= warmup:
-                    result.latencies.append(time.perf_counter() - start)
+        times, errors = interleaved_times(calls, {r.key: r.name for r in results}, warmup, runs, device,
+                                          'elan bench', bar)
+    for result in results:
+        if result.error is None:
+            result.latencies, result.error = times[result.key], errors.get(result.key)
     return results
-
-
-def _failed(result: Result, error: Exception, device) -> None:
-    """Record ``error`` for ``result`` (and say so), freeing what the GPU cached for it."""
-    from tqdm import tqdm
-
-    result.error, result.latencies = one_line(error), []
-    tqdm.write(f'elan bench: {result.name} failed: {result.error}')
-    if device.type == 'cuda':
-        torch.cuda.empty_cache()
 
 
 def markdown(results: List[Result], setup: str) -> str:
