@@ -24,6 +24,22 @@ def edsr_baseline_flops(h: int, w: int) -> int:
     return 2 * macs_per_lr_pixel * h * w
 
 
+def elan_light_flops(pixels: int, sharing_recomputes: bool) -> int:
+    """FLOPs (2 per multiply-add) of ELAN-light x4 on ``pixels`` LR pixels (a multiple of 16 each way).
+
+    Per pixel: sub_mean 3->3; head 3x3 3->60; 24 LFEs (depthwise 3x3 shift of 60, 60->120, shift of 120,
+    120->60); 12 computing GMSAs (60->120, q q^T and maps @ v with 20 channels per group over windows of
+    4x4, 8x8 and 16x16 tokens, 60->60); 12 sharing ones (60->60, maps @ v, 60->60; q q^T again where
+    the maps are recomputed from the shared queries); tail 3x3 60->48; add_mean 3->3 at 16 HR pixels.
+    """
+    c, tokens = 60, 16 + 64 + 256
+    lfe = 2 * 9 * c + 2 * c * 2 * c + 2 * 9 * 2 * c + 2 * 2 * c * c
+    computing = 2 * c * 2 * c + 2 * 2 * 20 * tokens + 2 * c * c
+    sharing = 2 * c * c + 2 * 20 * tokens * (2 if sharing_recomputes else 1) + 2 * c * c
+    per_pixel = 18 + 2 * 9 * 3 * c + 24 * lfe + 12 * computing + 12 * sharing + 2 * 9 * c * 48 + 18 * 16
+    return per_pixel * pixels
+
+
 def table_rows(table: str) -> Dict[str, List[str]]:
     """A markdown table's rows: first cell -> the other cells."""
     return {m.group(1): m.group(2).split(' | ') for m in re.finditer(r'^\| ([^|]+) \| (.+) \|$', table, re.M)}
@@ -47,8 +63,8 @@ def fail_reference_path(monkeypatch, call: int, switch: str) -> Dict[str, int]:
 
 
 def test_bench_writes_table_and_chart_with_the_right_counts(tmp_path, capsys):
-    args = ['bench', '--size', '20x27', '--runs', '2', '--warmup', '0', '--models', 'elan-light', 'swinir-light',
-            'edsr', '--output-dir', str(tmp_path), '--quiet']
+    args = ['bench', '--size', '20x27', '--runs', '2', '--warmup', '0', '--models', 'elan-light', 'elan-light-ref',
+            'swinir-light', 'edsr', '--output-dir', str(tmp_path), '--quiet']
     assert main(args) == 0
     printed = capsys.readouterr().out
     table = (tmp_path / 'bench_cpu_x4_20x27.md').read_text()
@@ -59,6 +75,10 @@ def test_bench_writes_table_and_chart_with_the_right_counts(tmp_path, capsys):
     assert rows['SwinIR-light'][0] == '929,628'
     assert rows['EDSR-baseline'][0] == '1,517,571'
     assert float(rows['EDSR-baseline'][1]) == pytest.approx(edsr_baseline_flops(20, 27) / 1e9, abs=0.05)
+    # ELAN pads 20x27 to 32x32; the fast path's sharing GMSAs recompute their maps
+    assert float(rows['ELAN-light'][1]) == pytest.approx(elan_light_flops(32 * 32, True) / 1e9, abs=0.05)
+    assert float(rows['ELAN-light (reference path)'][1]) == pytest.approx(elan_light_flops(32 * 32, False) / 1e9,
+                                                                          abs=0.05)
     assert rows['SwinIR-light'][3] == '1.00x'
     for cells in rows.values():
         if cells[0][0].isdigit():
@@ -68,6 +88,19 @@ def test_bench_writes_table_and_chart_with_the_right_counts(tmp_path, capsys):
     assert chart is not None and chart.shape[0] > 200 and chart.shape[1] > 600 and chart.std() > 10
     assert main(args) == 2  # results are not replaced without --force
     assert 'already exists; pass --force' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('fast', [True, False])
+def test_flops_count_what_each_path_executes(fast):
+    """The fast path's oneDNN matrix products and CPU attention are counted (they counted nothing before):
+    both paths against the formula, the fast one with the sharing GMSAs' recomputed q q^T."""
+    from elan_arch.flops import count_flops
+
+    net = elan_arch.ELAN(upscale=4).eval()
+    net.fast_inference = fast
+    x = torch.rand(1, 3, 16, 32)
+    with torch.inference_mode():
+        assert count_flops(lambda: net(x)) == elan_light_flops(16 * 32, sharing_recomputes=fast)
 
 
 def test_bench_reports_a_failing_model_and_measures_the_others(tmp_path, capsys, monkeypatch):

@@ -1,11 +1,12 @@
 """``elan bench``: parameters, FLOPs, latency and peak memory of ELAN next to SwinIR-light and EDSR.
 
 All models are measured in one run on the same input: FLOPs counted by
-``torch.utils.flop_counter.FlopCounterMode`` (2 per multiply-add, on what the model
-actually executes), latency as the median of ``--runs`` forwards after ``--warmup``
-ones, the models interleaved round by round so that background load affects them
-alike, and peak memory of one forward (CUDA: ``max_memory_allocated``; CPU: growth of
-the process's peak resident memory, reset through ``/proc/self/clear_refs``).
+``torch.utils.flop_counter.FlopCounterMode`` with the formulas it lacks for the fast path's CPU
+operators (:mod:`~elan_arch.flops`; 2 per multiply-add, on what the model actually executes),
+latency as the median of ``--runs`` forwards after ``--warmup`` ones, the models interleaved
+round by round so that background load affects them alike, and peak memory of one forward
+(CUDA: ``max_memory_allocated``; CPU: growth of the process's peak resident memory, reset through
+``/proc/self/clear_refs``).
 """
 from __future__ import annotations
 
@@ -192,8 +193,9 @@ def measure(keys: List[str], scale: int, size: Tuple[int, int], device, dtype, c
     """Build every model, count its FLOPs and peak memory, then time them round-robin. A model that fails
     (out of memory, a kernel that does not build here) keeps its error and is left out of later rounds."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
     from tqdm import tqdm
+
+    from ..flops import count_flops
 
     x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     calls: Dict[str, Callable[[], None]] = {}
@@ -211,9 +213,7 @@ def measure(keys: List[str], scale: int, size: Tuple[int, int], device, dtype, c
             result = Result(key, sum(p.numel() for p in net.parameters()), 0, [], None)
             results.append(result)
             try:
-                with FlopCounterMode(display=False) as counter:
-                    net(x)
-                result.flops = counter.get_total_flops()
+                result.flops = count_flops(partial(net, x))
                 ready = torch.compile(net, dynamic=False) if compile_net else net
                 result.peak_mib = peak_memory_mib(partial(forward, ready), device)
                 calls[key] = partial(forward, ready)
