@@ -40,6 +40,19 @@ def elan_light_flops(pixels: int, sharing_recomputes: bool) -> int:
     return per_pixel * pixels
 
 
+def elan_light_training_flops(pixels: int) -> int:
+    """FLOPs of one forward + backward of ELAN-light x4's reference arithmetic on ``pixels`` LR pixels (a multiple
+    of 16 each way): :func:`elan_light_flops`' terms, each backward 2x its forward for the products with both
+    operands trained (1x1 convs, tail, attention), 1x for an input gradient alone (the fixed shifts and
+    add_mean) or a weight gradient alone (head: the image needs none), none for sub_mean."""
+    c, tokens = 60, 16 + 64 + 256
+    shifts = 24 * (2 * 9 * c + 2 * 9 * 2 * c)
+    linears = 24 * 2 * (2 * c * 2 * c) + 12 * (2 * c * 2 * c + 2 * c * c) + 12 * (2 * c * c + 2 * c * c)
+    attention = 12 * (2 * 2 * 20 * tokens) + 12 * (2 * 20 * tokens)
+    per_pixel = 18 + 2 * (2 * 9 * 3 * c) + 2 * shifts + 3 * (linears + attention + 2 * 9 * c * 48) + 2 * 18 * 16
+    return per_pixel * pixels
+
+
 def table_rows(table: str) -> Dict[str, List[str]]:
     """A markdown table's rows: first cell -> the other cells."""
     return {m.group(1): m.group(2).split(' | ') for m in re.finditer(r'^\| ([^|]+) \| (.+) \|$', table, re.M)}
@@ -162,29 +175,44 @@ def test_bench_train_table_and_loader(tmp_path, capsys, monkeypatch):
     assert table in capsys.readouterr().out
     rows = table_rows(table)
     assert rows['ELAN-light'][0] == rows['ELAN-light (reference path)'][0] == '601,488'
-    step = float(rows['ELAN-light'][1].split()[0])
-    assert step > 0 and float(rows['ELAN-light'][2]) == pytest.approx(2 / (step / 1e3), rel=0.02, abs=0.06)
-    ratio = float(rows['ELAN-light'][3].rstrip('x'))
-    ref_step = float(rows['ELAN-light (reference path)'][1].split()[0])
-    assert ratio == pytest.approx(ref_step / step, rel=0.02) and rows['SwinIR-light'][3] == 'n/a'
+    # both paths are rated on the reference arithmetic's FLOPs: batch 2 of 16x16 LR pixels
+    gflop = elan_light_training_flops(2 * 16 * 16) / 1e9
+    assert float(rows['ELAN-light'][1]) == float(rows['ELAN-light (reference path)'][1]) == pytest.approx(gflop, abs=0.05)
+    assert float(rows['SwinIR-light'][1]) > 0
+    step = float(rows['ELAN-light'][2].split()[0])
+    assert step > 0 and float(rows['ELAN-light'][3]) == pytest.approx(2 / (step / 1e3), rel=0.02, abs=0.06)
+    assert float(rows['ELAN-light'][4]) == pytest.approx(gflop / step, rel=0.05, abs=0.006)  # GFLOP/ms = TFLOP/s
+    ratio = float(rows['ELAN-light'][5].rstrip('x'))
+    ref_step = float(rows['ELAN-light (reference path)'][2].split()[0])
+    assert ratio == pytest.approx(ref_step / step, rel=0.02) and rows['SwinIR-light'][5] == 'n/a'
     loader = re.search(r'Data loader \(demo, HR patch 128, batch 8, 1 workers, 3 batches\): \*\*([\d.]+) samples/s',
                        table)
     assert loader and float(loader.group(1)) > 0
 
 
+def test_step_flops_counts_the_reference_arithmetic_and_restores_the_net():
+    from elan_arch.bench_train import step_flops
+
+    net = elan_arch.ELAN(upscale=4, fast_training=True, fused_attention=True)
+    assert step_flops(net, 2, 16, 4, torch.device('cpu')) == elan_light_training_flops(2 * 16 * 16)
+    assert net.fast_training is True and net.fused_attention is True
+    assert all(p.grad is None for p in net.parameters())
+
+
 def test_bench_train_reports_a_failing_model_and_measures_the_others(tmp_path, capsys, monkeypatch):
-    """A model whose step fails (here the reference arithmetic 'runs out of memory' in its second step) gets its
-    error in its row and no more steps; the others are measured; the table is written; exit status 1."""
-    calls = fail_reference_path(monkeypatch, 2, 'fast_training')
+    """A model whose step fails (here the reference arithmetic 'runs out of memory' in its second step, after the
+    FLOP count's forward) gets its error in its row and no more steps; the others are measured; the table is
+    written; exit status 1."""
+    calls = fail_reference_path(monkeypatch, 3, 'fast_training')
     args = ['bench', '--train', '--batch', '1', '--patch', '16', '--runs', '2', '--warmup', '1', '--models',
             'elan-light', 'elan-light-ref', '--output-dir', str(tmp_path), '--quiet']
     assert main(args) == 1
     table = (tmp_path / 'bench_train_cpu_x4_b1_p16.md').read_text()
     rows = table_rows(table)
-    assert rows['ELAN-light (reference path)'][1:] == [
-        'failed: RuntimeError: CUDA out of memory. Tried to allocate 2 GiB / (pretend)', 'n/a', 'n/a']
-    assert float(rows['ELAN-light'][1].split()[0]) > 0 and rows['ELAN-light'][3] == 'n/a'
-    assert calls['ref'] == 2 and 'ELAN-light (reference path) failed: RuntimeError' in capsys.readouterr().out
+    assert rows['ELAN-light (reference path)'][2:] == [
+        'failed: RuntimeError: CUDA out of memory. Tried to allocate 2 GiB / (pretend)', 'n/a', 'n/a', 'n/a']
+    assert float(rows['ELAN-light'][2].split()[0]) > 0 and rows['ELAN-light'][5] == 'n/a'
+    assert calls['ref'] == 3 and 'ELAN-light (reference path) failed: RuntimeError' in capsys.readouterr().out
 
 
 def test_bench_train_refuses_a_missing_option_file(tmp_path, capsys):
