@@ -70,8 +70,9 @@ def step_flops(net: torch.nn.Module, batch: int, patch: int, scale: int, device:
     """FLOPs (2 per multiply-add, :func:`~elan_arch.flops.count_flops`) of one forward + L1 + backward of
     ``net`` on ``batch`` random LR ``patch`` crops, in float32, on the reference arithmetic for an ELAN: the
     work a step has to do whichever path does it, so that FLOPs / step time compares the paths (as a
-    model-FLOPs utilisation does). The fast path executes about 1% fewer; fused kernels are invisible
-    to the counter. No gradient is left behind; BatchNorm statistics see one more batch."""
+    model-FLOPs utilisation does; the fast path executes a little more, e.g. BatchNorm's statistics from a
+    covariance product, and the counter misses its in-place products and fused kernels). No gradient is
+    left behind; BatchNorm statistics see one more batch."""
     from .flops import count_flops
 
     gen = torch.Generator().manual_seed(0)
@@ -209,7 +210,7 @@ def markdown_training(results: List[TrainResult], batch: int, setup: str,
             continue
         ref = by_key.get(f'{r.key.removesuffix("-fused")}-ref')
         ratio = f'{ref.median / r.median:.2f}x' if ref is not None and ref.error is None else 'n/a'
-        rate = f'{r.flops / r.median / 1e12:.2f}' if r.flops else 'n/a'
+        rate = f'{r.flops / r.median / 1e12:.3g}' if r.flops else 'n/a'
         lines.append(f'| {r.name} | {r.params:,} | {gflop} | {r.median * 1e3:.0f} (min {min(r.times) * 1e3:.0f}) | '
                      f'{batch / r.median:.1f} | {rate} | {ratio} |')
     if loader:
