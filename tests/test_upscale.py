@@ -1,6 +1,7 @@
 """Tiled inference (elan_arch/inference.py) and the ``elan upscale`` command."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
@@ -113,6 +114,42 @@ def test_folder_with_a_corrupt_file_reports_it_and_finishes_the_others(tmp_path,
         lr = cv2.imread(str(src / name))[:, :, ::-1].astype(np.float32) / 255.
         expected = upscale_array(net, lr, 2, 16)[:, :, ::-1]
         assert np.array_equal(cv2.imread(str(tmp_path / 'out' / (Path(name).stem + '.png'))), expected)
+
+
+def test_folder_pipeline_reports_throughput_and_a_failed_write(tmp_path, weights, capsys, monkeypatch):
+    """The folder run with background writers gives the same files as in turn (``--io-threads 0``), says its
+    throughput, and a write the disk refuses fails that image alone, naming it, leaving no partial file."""
+    from elan_arch.data import images
+
+    src = tmp_path / 'in'
+    src.mkdir()
+    for k in range(4):
+        cv2.imwrite(str(src / f'{k}.png'), bgr(photo(20, 24, top=60 * k)))
+    base = ['upscale', '-i', str(src), '--weights', str(weights), '--quiet', '--device', 'cpu']
+    assert main(base + ['-o', str(tmp_path / 'turn'), '--io-threads', '0']) == 0
+    assert main(base + ['-o', str(tmp_path / 'piped'), '--io-threads', '2']) == 0
+    out = capsys.readouterr().out
+    assert re.search(r'upscaled 4 of 4 image\(s\) x2 on cpu .*\n[\d.]+ s: [\d.]+ images/s, [\d.]+ output megapixels/s; '
+                     r'network [\d.]+ s, waiting [\d.]+ s for reading and [\d.]+ s for writing \(2 writer threads\)',
+                     out)
+    for k in range(4):
+        assert (tmp_path / 'turn' / f'{k}.png').read_bytes() == (tmp_path / 'piped' / f'{k}.png').read_bytes()
+
+    write_png = images.write_png
+
+    def disk_full_for_2(path, img, *args):
+        if '2.png' in path.name:
+            path.write_bytes(b'partial')
+            raise OSError(28, 'No space left on device')
+        write_png(path, img, *args)
+
+    monkeypatch.setattr(images, 'write_png', disk_full_for_2)
+    assert main(base + ['-o', str(tmp_path / 'full')]) == 1
+    err = capsys.readouterr().err
+    assert f'{tmp_path / "full" / "2.png"}: cannot be written (No space left on device)' in err
+    assert sorted(p.name for p in (tmp_path / 'full').iterdir()) == ['0.png', '1.png', '3.png']
+    assert main(base + ['-o', str(tmp_path / 'x'), '--io-threads', '-1']) == 2
+    assert 'and --io-threads must be >= 0' in capsys.readouterr().err
 
 
 def test_single_image_tiled_with_progress_and_never_overwriting(tmp_path, weights, capsys):

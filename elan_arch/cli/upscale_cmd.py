@@ -1,4 +1,9 @@
-"""``elan upscale -i IN -o OUT --weights W`` (or ``--onnx MODEL.onnx``): super-resolve one image or a folder of images to PNG."""
+"""``elan upscale -i IN -o OUT --weights W`` (or ``--onnx MODEL.onnx``): super-resolve one image or a folder of
+images to PNG.
+
+A folder runs as a pipeline (:mod:`elan_arch.upscale_pipeline`): the next image is decoded and finished
+ones are encoded and written in background threads while the network runs, and the run ends with its
+throughput and where the time went."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +14,7 @@ from typing import TYPE_CHECKING, Callable, List, Tuple
 from ..errors import ElanError
 
 if TYPE_CHECKING:
+    import numpy as np
     from torch import Tensor
 
 Job = Tuple[Path, Path]  # (input image, output PNG)
@@ -16,6 +22,7 @@ Job = Tuple[Path, Path]  # (input image, output PNG)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..inference import DEFAULT_OVERLAP, DEFAULT_TILE, add_device_options
+    from ..upscale_pipeline import default_writers
 
     parser = subparsers.add_parser(
         'upscale', help='super-resolve images with an ELAN checkpoint',
@@ -42,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--fused-attention', action='store_true',
                         help='window attention as the fused Triton kernels (CUDA; opt-in, not yet timed on a GPU: '
                         'see the README; not under --compile, which fuses the attention itself)')
+    parser.add_argument('--io-threads', type=int, default=default_writers(), metavar='N',
+                        help='threads that encode and write PNGs while the network runs, besides one that reads '
+                        f'the next image ahead (default here: {default_writers()}: the CPU cores but one, up to 8); '
+                        '0: read, upscale and write each image in turn')
     parser.add_argument('--force', action='store_true', help='replace output files that already exist')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
     parser.set_defaults(func=run)
@@ -88,26 +99,41 @@ def plan_jobs(inp: Path, out: Path, force: bool) -> Tuple[List[Job], List[Path]]
     return jobs, skipped
 
 
-def _upscale_file(net, src: Path, dst: Path, scale: int, multiple: int, args: argparse.Namespace) -> None:
-    """Read ``src``, super-resolve it, write ``dst`` atomically; ElanError for unreadable input or OOM."""
-    import cv2
+def _read(src: Path) -> np.ndarray:
+    """``src`` as (H, W, 3) float32 RGB in [0, 1]; ElanError if it cannot be decoded."""
     import numpy as np
 
-    from ..data.images import read_image, write_png
-    from ..fileio import atomic_path
+    from ..data.images import read_image
+
+    return read_image(src)[:, :, ::-1].astype(np.float32) / 255.
+
+
+def _upscale(net, src: Path, rgb: np.ndarray, scale: int, multiple: int, args: argparse.Namespace) -> np.ndarray:
+    """The (H*scale, W*scale, 3) uint8 RGB output of ``rgb``; ElanError (naming ``src``) when out of memory."""
     from ..inference import upscale_array
 
-    rgb = read_image(src)[:, :, ::-1].astype(np.float32) / 255.
     try:
-        out = upscale_array(net, rgb, scale, multiple, tile=args.tile, overlap=args.tile_overlap,
-                            progress=not args.quiet)
+        return upscale_array(net, rgb, scale, multiple, tile=args.tile, overlap=args.tile_overlap,
+                             progress=not args.quiet)
     except RuntimeError as err:  # torch.cuda.OutOfMemoryError is a RuntimeError
         if 'out of memory' in str(err) or "can't allocate memory" in str(err):
             raise ElanError(f'{src}: out of memory at {rgb.shape[1]}x{rgb.shape[0]}; '
                             f'pass --tile (or a smaller --tile N)') from err
         raise
-    with atomic_path(dst, overwrite=args.force) as tmp:
-        write_png(tmp, cv2.cvtColor(out, cv2.COLOR_RGB2BGR, dst=out))  # in place: no second output-sized copy
+
+
+def _write(dst: Path, out: np.ndarray, force: bool) -> None:
+    """Write RGB ``out`` to ``dst`` as PNG, atomically; ElanError naming ``dst`` if the file system refuses."""
+    import cv2
+
+    from ..data.images import write_png
+    from ..fileio import atomic_path
+
+    try:
+        with atomic_path(dst, overwrite=force) as tmp:
+            write_png(tmp, cv2.cvtColor(out, cv2.COLOR_RGB2BGR, dst=out))  # in place: no second output-sized copy
+    except OSError as err:
+        raise ElanError(f'{dst}: cannot be written ({err.strerror or err}); check the disk and the folder') from err
 
 
 def load_model(args: argparse.Namespace) -> Tuple[Callable[[Tensor], Tensor], int, int, str]:
@@ -148,24 +174,39 @@ def load_model(args: argparse.Namespace) -> Tuple[Callable[[Tensor], Tensor], in
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    if args.tile < 0 or args.tile_overlap < 0:
-        raise ElanError('--tile and --tile-overlap must be >= 0')
+    from ..upscale_pipeline import run_pipeline
+
+    if args.tile < 0 or args.tile_overlap < 0 or args.io_threads < 0:
+        raise ElanError('--tile, --tile-overlap and --io-threads must be >= 0')
     jobs, skipped = plan_jobs(args.input, args.output, args.force)
     net, scale, multiple, where = load_model(args)
     for path in skipped:
         print(f'elan upscale: skipped {path}: not an image file', file=sys.stderr)
-    failed = []
-    for src, dst in tqdm(jobs, unit='image', disable=args.quiet or len(jobs) == 1):
-        try:
-            _upscale_file(net, src, dst, scale, multiple, args)
-        except ElanError as err:
-            if len(jobs) == 1:
-                raise
-            failed.append(src)
-            tqdm.write(f'elan upscale: failed: {err}', file=sys.stderr)
+    output_pixels = {}
+
+    def compute(job: Job, rgb: np.ndarray) -> np.ndarray:
+        out = _upscale(net, job[0], rgb, scale, multiple, args)
+        output_pixels[job] = out.shape[0] * out.shape[1]
+        return out
+
+    def failed(job: Job, err: ElanError) -> None:
+        if len(jobs) == 1:
+            raise err
+        tqdm.write(f'elan upscale: failed: {err}', file=sys.stderr)
+
+    with tqdm(total=len(jobs), unit='image', disable=args.quiet or len(jobs) == 1) as bar:
+        stats = run_pipeline(jobs, lambda job: _read(job[0]), compute,
+                             lambda job, out: _write(job[1], out, args.force), args.io_threads,
+                             on_error=failed, on_done=lambda job: bar.update())
     destination = args.output if args.input.is_dir() else jobs[0][1]
-    print(f'upscaled {len(jobs) - len(failed)} of {len(jobs)} image(s) x{scale} on {where} -> {destination}')
-    if failed:
-        print(f'elan upscale: {len(failed)} image(s) failed: {", ".join(map(str, failed))}', file=sys.stderr)
+    done, wall = len(stats.done), max(stats.wall, 1e-9)
+    megapixels = sum(output_pixels[job] for job in stats.done) / 1e6
+    print(f'upscaled {done} of {len(jobs)} image(s) x{scale} on {where} -> {destination}')
+    print(f'{stats.wall:.1f} s: {done / wall:.2f} images/s, {megapixels / wall:.2f} output megapixels/s; '
+          f'network {stats.compute:.1f} s, waiting {stats.read_wait:.1f} s for reading and {stats.write_wait:.1f} s '
+          f'for writing ({args.io_threads} writer thread{"s" if args.io_threads != 1 else ""})')
+    if stats.failed:
+        names = ', '.join(str(job[0]) for job, _ in stats.failed)
+        print(f'elan upscale: {len(stats.failed)} image(s) failed: {names}', file=sys.stderr)
         return 1
     return 0
