@@ -8,15 +8,22 @@
    On CUDA also the peak GPU memory (``torch.cuda.max_memory_allocated``) of whole and tiled
    upscaling, in this process.
 3. Agreement of tiled (default tile and overlap) and whole-image outputs on a real photo.
+4. Throughput of ``elan upscale`` on a folder (``--folder COUNT HxW``: by default 100 photos of 480x640 on
+   CUDA, 8 of 180x240 on the CPU): images/s and where the time goes, each image in turn
+   (``--io-threads 0``) against the pipeline (decoding and PNG encoding in background threads).
 
 Usage: ``python scripts/benchmark.py [--device cuda] [--half] [--threads 2] [--output-dir docs/bench]``.
-Writes ``<output-dir>/bench_<device>[_half]_x4_176x320.md/.png`` (step 1, by ``elan bench``) and
-``<output-dir>/upscale_<device>[_half].md`` (steps 2 and 3).
+Writes ``<output-dir>/bench_<device>[_half]_x4_176x320.md/.png`` (step 1, by ``elan bench``),
+``<output-dir>/upscale_<device>[_half].md`` (steps 2 and 3) and ``<output-dir>/folder_<device>[_half].md``
+(step 4).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -31,7 +38,13 @@ import torch
 
 import elan_arch  # noqa: F401  (before basicsr)
 from elan_arch import ELAN
+from elan_arch.cli import main as elan_main
 from elan_arch.inference import DEFAULT_OVERLAP, DEFAULT_TILE, upscale_array
+from elan_arch.upscale_pipeline import default_writers
+
+#: The summary line ``elan upscale`` ends a run with.
+THROUGHPUT = re.compile(r'([\d.]+) s: ([\d.]+) images/s, ([\d.]+) output megapixels/s; network ([\d.]+) s, '
+                        r'waiting ([\d.]+) s for reading and ([\d.]+) s for writing')
 
 # Run in a fresh interpreter: its RUSAGE_CHILDREN peak is then that of this one command.
 _PEAK_WRAPPER = ('import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; '
@@ -122,6 +135,47 @@ def tiling_agreement(net: ELAN, size: int = 512) -> str:
             f'the {size}x{size} astronaut photo (8-bit outputs): {psnr:.1f} dB PSNR.\n')
 
 
+def folder_photos(folder: Path, count: int, height: int, width: int) -> None:
+    """``count`` PNGs of ``height`` x ``width``: crops of scikit-image's photographs in turn, resized."""
+    sources = [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee(), skimage.data.rocket()]
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(count):
+        img = sources[k % len(sources)]
+        top, left = (k // len(sources)) % 8 * img.shape[0] // 32, (k // len(sources)) % 5 * img.shape[1] // 20
+        crop = img[top:top + img.shape[0] * 3 // 4, left:left + img.shape[1] * 3 // 4, ::-1]
+        cv2.imwrite(str(folder / f'{k:04d}.png'), cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA))
+
+
+def folder_throughput(args: argparse.Namespace, work: Path, weights: Path) -> str:
+    """Markdown table: ``elan upscale`` of a folder in turn (``--io-threads 0``) and pipelined, after a warm-up."""
+    count, (height, width) = int(args.folder[0]), (int(v) for v in args.folder[1].lower().split('x'))
+    folder_photos(work / 'folder', count, height, width)
+    folder_photos(work / 'warmup', 2, height, width)
+    base = ['upscale', '--weights', str(weights), '--device', args.device, '--quiet', '--force']
+    base += ['--half'] if args.half else []
+    elan_main(base + ['-i', str(work / 'warmup'), '-o', str(work / 'warmup_out')])
+    rows = ['| run | wall (s) | images/s | output megapixels/s | network (s) | waiting for reading (s) '
+            '| waiting for writing (s) |', '|---|---:|---:|---:|---:|---:|---:|']
+    writers = default_writers()
+    for name, threads in (('in turn (`--io-threads 0`)', 0),
+                          (f'pipelined (`--io-threads {writers}`)', writers)):
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            code = elan_main(base + ['-i', str(work / 'folder'), '-o', str(work / f'out_{threads}'),
+                                     '--io-threads', str(threads)])
+        found = THROUGHPUT.search(printed.getvalue())
+        if code != 0 or found is None:
+            raise SystemExit(f'elan upscale failed ({code}):\n{printed.getvalue()}')
+        rows.append(f'| {name} | ' + ' | '.join(found.groups()) + ' |')
+        print(rows[-1], flush=True)
+    half = ' --half' if args.half else ''
+    return (f'`elan upscale` of a folder of {count} photos of {height}x{width} (scikit-image crops) with '
+            f'ELAN-light x4 (random weights, BatchNorm statistics from a photo), device {args.device}{half}, '
+            f'{os.cpu_count()} CPU cores; torch {torch.__version__}; command: `python scripts/benchmark.py '
+            f'--device {args.device}{half} --folder {count} {args.folder[1]} --skip-bench --skip-upscale`\n\n'
+            + '\n'.join(rows) + '\n')
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--device', default='cpu')
@@ -131,7 +185,11 @@ def main() -> int:
     parser.add_argument('--output-dir', type=Path, default=Path('docs/bench'))
     parser.add_argument('--skip-bench', action='store_true', help='leave out step 1')
     parser.add_argument('--skip-upscale', action='store_true', help='leave out steps 2 and 3')
+    parser.add_argument('--folder', nargs=2, metavar=('COUNT', 'HxW'),
+                        help='step 4\'s folder (default: 100 480x640 on CUDA, 8 180x240 on the CPU)')
+    parser.add_argument('--skip-folder', action='store_true', help='leave out step 4')
     args = parser.parse_args()
+    args.folder = args.folder or (['100', '480x640'] if args.device.startswith('cuda') else ['8', '180x240'])
     torch.set_num_threads(args.threads)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     if not args.skip_bench:  # writes bench_<device>[_half]_x4_176x320.md/.png itself
@@ -157,6 +215,15 @@ def main() -> int:
                                               torch.float16 if args.half else torch.float32)]
         out = args.output_dir / f'upscale_{tag}.md'
         out.write_text('\n'.join(report))
+        print(f'wrote {out}')
+    if not args.skip_folder:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            torch.save({'params': calibrated_elan_light(photo(512)).state_dict()}, work / 'elan_light_x4.pth')
+            table = folder_throughput(args, work, work / 'elan_light_x4.pth')
+        out = args.output_dir / f'folder_{torch.device(args.device).type}{"_half" if args.half else ""}.md'
+        out.write_text(table)
+        print(table)
         print(f'wrote {out}')
     return 0
 

@@ -13,7 +13,8 @@
 #   4. scripts/recipe_speed.py: s/iteration of train_ELAN_light_x4.yml through `basicsr train`, data included,
 #      reference vs fused attention, float32 and bf16;
 #   5. `elan bench` inference, float32 and float16, with and without fused attention;
-#   6. tests/test_cuda.py (AMP training, resume, NCCL torchrun, inference; passed on an H100 before).
+#   6. `elan upscale` of a folder of 50 photos of 480x640, each image in turn and pipelined (images/s, I/O share);
+#   7. tests/test_cuda.py (AMP training, resume, NCCL torchrun, inference; passed on an H100 before).
 #
 # Here, once (downloads what the GPU image lacks, basicsr and lmdb, into .whl/, which git ignores):
 #   scripts/gpu_session.sh wheels
@@ -87,8 +88,11 @@ step infer-bench 45 python3 -m elan_arch bench --device cuda --models elan-light
     --output-dir "$OUT" --force --quiet
 step infer-bench-half 45 python3 -m elan_arch bench --device cuda --half --models elan-light $LIGHT_FUSED elan \
     $ELAN_FUSED --output-dir "$OUT" --force --quiet
+step folder-upscale 60 python3 scripts/benchmark.py --device cuda --skip-bench --skip-upscale --folder 50 480x640 \
+    --output-dir "$OUT"
 step cuda-tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
 echo "=== done in $((SECONDS - START)) s; the tables:"
-for table in "$OUT"/bench_train_*.md "$OUT"/attention_speed.md "$OUT"/recipe_speed*.md "$OUT"/bench_cuda*.md; do
+for table in "$OUT"/bench_train_*.md "$OUT"/attention_speed.md "$OUT"/recipe_speed*.md "$OUT"/bench_cuda*.md \
+             "$OUT"/folder_cuda.md; do
     [ -f "$table" ] && { echo "--- $table"; cat "$table"; }
 done

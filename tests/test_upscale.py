@@ -226,3 +226,22 @@ def test_fused_attention_option(tmp_path, weights, capsys, monkeypatch):
     assert '--fused-attention: cannot run the fused attention kernels: they need a CUDA device (here: cpu)' in \
         capsys.readouterr().err
     assert not (tmp_path / 'no.png').exists()
+
+
+def test_benchmark_script_folder_step(tmp_path, capsys):
+    """scripts/benchmark.py's folder throughput step (the GPU session's images/s figure) runs end to end."""
+    import argparse
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / 'scripts' / 'benchmark.py'
+    spec = importlib.util.spec_from_file_location('benchmark_script', script)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    torch.save({'params': benchmark.calibrated_elan_light(benchmark.photo(48)).state_dict()}, tmp_path / 'w.pth')
+    args = argparse.Namespace(folder=['3', '16x24'], device='cpu', half=False)
+    table = benchmark.folder_throughput(args, tmp_path, tmp_path / 'w.pth')
+    rows = [line for line in table.splitlines() if line.startswith('| in turn') or line.startswith('| pipelined')]
+    assert len(rows) == 2 and all(float(cell) >= 0 for row in rows for cell in row.strip('|').split('|')[1:])
+    assert 'a folder of 3 photos of 16x24' in table
+    assert sorted(p.name for p in (tmp_path / 'out_0').iterdir()) == ['0000.png', '0001.png', '0002.png']
+    assert cv2.imread(str(tmp_path / 'out_0' / '0001.png')).shape == (64, 96, 3)

@@ -49,10 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--fused-attention', action='store_true',
                         help='window attention as the fused Triton kernels (CUDA; opt-in, not yet timed on a GPU: '
                         'see the README; not under --compile, which fuses the attention itself)')
-    parser.add_argument('--io-threads', type=int, default=default_writers(), metavar='N',
+    parser.add_argument('--io-threads', type=int, metavar='N',
                         help='threads that encode and write PNGs while the network runs, besides one that reads '
-                        f'the next image ahead (default here: {default_writers()}: the CPU cores but one, up to 8); '
-                        '0: read, upscale and write each image in turn')
+                        'the next image ahead; 0: read, upscale and write each image in turn. Default: '
+                        f'{default_writers()} here (the CPU cores but one, up to 8) when the network runs on a GPU, '
+                        '0 on the CPU, whose cores the network uses itself')
     parser.add_argument('--force', action='store_true', help='replace output files that already exist')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
     parser.set_defaults(func=run)
@@ -174,12 +175,16 @@ def load_model(args: argparse.Namespace) -> Tuple[Callable[[Tensor], Tensor], in
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..upscale_pipeline import run_pipeline
+    from ..inference import placement
+    from ..upscale_pipeline import default_writers, run_pipeline
 
-    if args.tile < 0 or args.tile_overlap < 0 or args.io_threads < 0:
+    if args.tile < 0 or args.tile_overlap < 0 or (args.io_threads or 0) < 0:
         raise ElanError('--tile, --tile-overlap and --io-threads must be >= 0')
     jobs, skipped = plan_jobs(args.input, args.output, args.force)
     net, scale, multiple, where = load_model(args)
+    threads = args.io_threads
+    if threads is None:
+        threads = default_writers() if placement(net)[0].type == 'cuda' else 0
     for path in skipped:
         print(f'elan upscale: skipped {path}: not an image file', file=sys.stderr)
     output_pixels = {}
@@ -196,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
 
     with tqdm(total=len(jobs), unit='image', disable=args.quiet or len(jobs) == 1) as bar:
         stats = run_pipeline(jobs, lambda job: _read(job[0]), compute,
-                             lambda job, out: _write(job[1], out, args.force), args.io_threads,
+                             lambda job, out: _write(job[1], out, args.force), threads,
                              on_error=failed, on_done=lambda job: bar.update())
     destination = args.output if args.input.is_dir() else jobs[0][1]
     done, wall = len(stats.done), max(stats.wall, 1e-9)
@@ -204,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     print(f'upscaled {done} of {len(jobs)} image(s) x{scale} on {where} -> {destination}')
     print(f'{stats.wall:.1f} s: {done / wall:.2f} images/s, {megapixels / wall:.2f} output megapixels/s; '
           f'network {stats.compute:.1f} s, waiting {stats.read_wait:.1f} s for reading and {stats.write_wait:.1f} s '
-          f'for writing ({args.io_threads} writer thread{"s" if args.io_threads != 1 else ""})')
+          f'for writing ({threads} writer thread{"s" if threads != 1 else ""})')
     if stats.failed:
         names = ', '.join(str(job[0]) for job, _ in stats.failed)
         print(f'elan upscale: {len(stats.failed)} image(s) failed: {names}', file=sys.stderr)
