@@ -145,7 +145,8 @@ def test_folder_pipeline_reports_throughput_and_a_failed_write(tmp_path, weights
 
     monkeypatch.setattr(images, 'write_png', disk_full_for_2)
     assert main(base + ['-o', str(tmp_path / 'full')]) == 1
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert 'for writing (0 writer threads)' in out  # on the CPU each image in turn by default
     assert f'{tmp_path / "full" / "2.png"}: cannot be written (No space left on device)' in err
     assert sorted(p.name for p in (tmp_path / 'full').iterdir()) == ['0.png', '1.png', '3.png']
     assert main(base + ['-o', str(tmp_path / 'x'), '--io-threads', '-1']) == 2
