@@ -153,6 +153,37 @@ def test_folder_pipeline_reports_throughput_and_a_failed_write(tmp_path, weights
     assert 'and --io-threads must be >= 0' in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('limit', [64 * 64, 8 * 8])
+def test_out_of_memory_tries_again_in_smaller_tiles(tmp_path, weights, capsys, monkeypatch, limit):
+    """A network that runs out of memory above ``limit`` input pixels: the image is done in tiles of half its
+    size (64 once padded to 16, the limit); with no tile small enough, a clear error naming the file."""
+    forward = ELAN.forward
+
+    def limited(self, x):
+        if x.shape[-2] * x.shape[-1] > limit:
+            raise RuntimeError('CUDA out of memory. Tried to allocate 20.00 GiB (pretend)')
+        return forward(self, x)
+
+    src = tmp_path / 'a.png'
+    cv2.imwrite(str(src), bgr(photo(100, 120)))
+    monkeypatch.setattr(ELAN, 'forward', limited)
+    args = ['upscale', '-i', str(src), '-o', str(tmp_path / 'b.png'), '--weights', str(weights), '--device', 'cpu']
+    if limit == 8 * 8:
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert 'trying again in 60-pixel tiles' in err and 'trying again in 30-pixel' not in err
+        assert f'{src}: out of memory at 120x100 in 60-pixel tiles; free memory on the device' in err
+        assert not (tmp_path / 'b.png').exists()
+        return
+    assert main(args) == 0
+    assert f'{src}: out of memory as a whole; trying again in 60-pixel tiles' in capsys.readouterr().err
+    net = ELAN(upscale=2, **SMALL)
+    net.load_state_dict(torch.load(weights)['params'])
+    lr = cv2.imread(str(src))[:, :, ::-1].astype(np.float32) / 255.
+    expected = upscale_array(net.eval(), lr, 2, 16, tile=60, overlap=DEFAULT_OVERLAP)[:, :, ::-1]
+    assert np.array_equal(cv2.imread(str(tmp_path / 'b.png')), expected)
+
+
 def test_single_image_tiled_with_progress_and_never_overwriting(tmp_path, weights, capsys):
     src = tmp_path / 'a.jpg'
     cv2.imwrite(str(src), bgr(photo(40, 70)))

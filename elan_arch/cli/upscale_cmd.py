@@ -109,18 +109,41 @@ def _read(src: Path) -> np.ndarray:
     return read_image(src)[:, :, ::-1].astype(np.float32) / 255.
 
 
-def _upscale(net, src: Path, rgb: np.ndarray, scale: int, multiple: int, args: argparse.Namespace) -> np.ndarray:
-    """The (H*scale, W*scale, 3) uint8 RGB output of ``rgb``; ElanError (naming ``src``) when out of memory."""
-    from ..inference import upscale_array
+def _out_of_memory(err: RuntimeError) -> bool:
+    """Whether ``err`` is PyTorch's out-of-memory error (CUDA's ``OutOfMemoryError`` is a RuntimeError; the CPU
+    allocator says "can't allocate memory")."""
+    return 'out of memory' in str(err) or "can't allocate memory" in str(err)
 
-    try:
-        return upscale_array(net, rgb, scale, multiple, tile=args.tile, overlap=args.tile_overlap,
-                             progress=not args.quiet)
-    except RuntimeError as err:  # torch.cuda.OutOfMemoryError is a RuntimeError
-        if 'out of memory' in str(err) or "can't allocate memory" in str(err):
-            raise ElanError(f'{src}: out of memory at {rgb.shape[1]}x{rgb.shape[0]}; '
-                            f'pass --tile (or a smaller --tile N)') from err
-        raise
+
+def _upscale(net, src: Path, rgb: np.ndarray, scale: int, multiple: int, args: argparse.Namespace) -> np.ndarray:
+    """The (H*scale, W*scale, 3) uint8 RGB output of ``rgb``.
+
+    Out of memory, it tries again in tiles, saying so: :data:`~elan_arch.inference.DEFAULT_TILE` pixels (at most
+    half the image) after a whole image, half the tile after tiles, down to 32 pixels; ElanError (naming ``src``)
+    when even those fail.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from ..inference import DEFAULT_TILE, upscale_array
+
+    tile = args.tile
+    while True:
+        try:
+            return upscale_array(net, rgb, scale, multiple, tile=tile, overlap=args.tile_overlap,
+                                 progress=not args.quiet)
+        except RuntimeError as err:
+            if not _out_of_memory(err):
+                raise
+            tried = f'in {tile}-pixel tiles' if tile else 'as a whole'
+            tile = tile // 2 if tile else min(DEFAULT_TILE, max(rgb.shape[:2]) // 2)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if tile < 32:
+            raise ElanError(f'{src}: out of memory at {rgb.shape[1]}x{rgb.shape[0]} {tried}; free memory on the '
+                            'device, or use --device cpu')
+        tqdm.write(f'elan upscale: {src}: out of memory {tried}; trying again in {tile}-pixel tiles '
+                   '(--tile N chooses the size)', file=sys.stderr)
 
 
 def _write(dst: Path, out: np.ndarray, force: bool) -> None:
