@@ -134,11 +134,15 @@ def interleaved_times(calls: Dict[str, Callable[[], None]], names: Dict[str, str
 
 def measure_training(models: Dict[str, torch.nn.Module], names: Dict[str, str], batch: int, patch: int,
                      scale: int, device: torch.device, amp: Optional[torch.dtype], runs: int, warmup: int,
-                     progress: bool) -> List[TrainResult]:
+                     progress: bool, compile_mode: Optional[str] = None) -> List[TrainResult]:
     """Median training-step time of every model, interleaved round by round, and the FLOPs of its step
     (:func:`step_flops`, once per network: ``-ref`` and ``-fused`` variants share their network's count;
-    None where counting failed, e.g. out of memory, which the timed steps then report themselves)."""
+    None where counting failed, e.g. out of memory, which the timed steps then report themselves). With
+    ``compile_mode`` each step's forward runs ``torch.compile``-d in that mode, as ``train.compile`` does (the
+    warm-up steps compile it)."""
     from tqdm import tqdm
+
+    from .inference import compile_network
 
     steps, results, counted = {}, [], {}
     for key, net in tqdm(models.items(), unit='model', disable=not progress, desc='counting FLOPs'):
@@ -151,7 +155,7 @@ def measure_training(models: Dict[str, torch.nn.Module], names: Dict[str, str], 
                 counted[network] = None
                 if device.type == 'cuda':
                     torch.cuda.empty_cache()
-        steps[key] = make_step(net, batch, patch, scale, device, amp)
+        steps[key] = make_step(compile_network(net, compile_mode), batch, patch, scale, device, amp)
         results.append(TrainResult(key, names[key], sum(p.numel() for p in net.parameters() if p.requires_grad), [],
                                    flops=counted[network]))
     with tqdm(total=len(models) * (warmup + runs), unit='step', disable=not progress, desc='training steps') as bar:

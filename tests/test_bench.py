@@ -191,6 +191,25 @@ def test_bench_train_table_and_loader(tmp_path, capsys, monkeypatch):
     assert loader and float(loader.group(1)) > 0
 
 
+def test_bench_train_compile_mode(tmp_path, monkeypatch):
+    """``elan bench --train --compile MODE`` times the steps with the forward through torch.compile (recorded
+    here instead of compiling), says so, and writes its own table file."""
+    compiled = []
+
+    def record(net, **kwargs):
+        compiled.append((type(net).__name__, kwargs))
+        return net
+
+    monkeypatch.setattr(torch, 'compile', record)
+    args = ['bench', '--train', '--batch', '1', '--patch', '16', '--runs', '1', '--warmup', '0', '--models',
+            'elan-light', 'swinir-light', '--compile', 'max-autotune', '--output-dir', str(tmp_path), '--quiet']
+    assert main(args) == 0
+    assert compiled == [('ELAN', {'dynamic': False, 'mode': 'max-autotune'}),
+                        ('PadToMultiple', {'dynamic': False, 'mode': 'max-autotune'})]
+    table = (tmp_path / 'bench_train_cpu_compile_x4_b1_p16.md').read_text()
+    assert 'forward under torch.compile (max-autotune) as train.compile' in table and '--compile max-autotune' in table
+
+
 def test_step_flops_counts_the_reference_arithmetic_and_restores_the_net():
     from elan_arch.bench_train import step_flops
 

@@ -184,6 +184,29 @@ def test_out_of_memory_tries_again_in_smaller_tiles(tmp_path, weights, capsys, m
     assert np.array_equal(cv2.imread(str(tmp_path / 'b.png')), expected)
 
 
+@pytest.mark.parametrize('option,mode', [(['--compile'], 'default'), (['--compile', 'reduce-overhead'], 'reduce-overhead'),
+                                         (['--compile', 'bogus'], None)])
+def test_compile_mode_reaches_torch_compile(tmp_path, weights, capsys, monkeypatch, option, mode):
+    """``--compile [MODE]``: torch.compile in that mode for fixed shapes (recorded here instead of compiling)."""
+    calls = []
+
+    def record(net, **kwargs):
+        calls.append(kwargs)
+        return net
+
+    monkeypatch.setattr(torch, 'compile', record)
+    src = tmp_path / 'a.png'
+    cv2.imwrite(str(src), bgr(photo(16, 16)))
+    args = ['upscale', '-i', str(src), '-o', str(tmp_path / 'b.png'), '--weights', str(weights), '--device', 'cpu']
+    if mode is None:
+        with pytest.raises(SystemExit):
+            main(args + option)
+        assert "invalid choice: 'bogus'" in capsys.readouterr().err and calls == []
+        return
+    assert main(args + option) == 0
+    assert calls == [{'dynamic': False, 'mode': mode}] and (tmp_path / 'b.png').exists()
+
+
 def test_single_image_tiled_with_progress_and_never_overwriting(tmp_path, weights, capsys):
     src = tmp_path / 'a.jpg'
     cv2.imwrite(str(src), bgr(photo(40, 70)))

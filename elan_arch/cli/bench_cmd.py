@@ -79,7 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f'models to measure (default: all but {", ".join(OPTIONAL_MODELS)}: the ONNX export of '
                         'ELAN-light run by onnxruntime, CPU float32 only, and ELAN\'s reference arithmetic; '
                         f'with --train: {", ".join(TRAIN_MODELS)})')
-    add_device_options(parser, 'cpu', 'torch.compile every model first')
+    add_device_options(parser, 'cpu', 'torch.compile every model first (with --train: the training forward, as '
+                       'train.compile does; compiling happens in the warm-up steps)')
     parser.add_argument('--threads', type=int, help='CPU threads (torch.set_num_threads; default: torch\'s)')
     parser.add_argument('--runs', type=int, default=5, help='timed forwards per model (default: 5)')
     parser.add_argument('--warmup', type=int, default=1, help='untimed forwards per model first (default: 1)')
@@ -188,7 +189,7 @@ def peak_memory_mib(forward: Callable[[], object], device) -> Optional[float]:
         return None
 
 
-def measure(keys: List[str], scale: int, size: Tuple[int, int], device, dtype, compile_net: bool,
+def measure(keys: List[str], scale: int, size: Tuple[int, int], device, dtype, compile_mode: Optional[str],
             runs: int, warmup: int, progress: bool) -> List[Result]:
     """Build every model, count its FLOPs and peak memory, then time them round-robin. A model that fails
     (out of memory, a kernel that does not build here) keeps its error and is left out of later rounds."""
@@ -196,6 +197,7 @@ def measure(keys: List[str], scale: int, size: Tuple[int, int], device, dtype, c
     from tqdm import tqdm
 
     from ..flops import count_flops
+    from ..inference import compile_network
 
     x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     calls: Dict[str, Callable[[], None]] = {}
@@ -214,7 +216,7 @@ def measure(keys: List[str], scale: int, size: Tuple[int, int], device, dtype, c
             results.append(result)
             try:
                 result.flops = count_flops(partial(net, x))
-                ready = torch.compile(net, dynamic=False) if compile_net else net
+                ready = compile_network(net, compile_mode)
                 result.peak_mib = peak_memory_mib(partial(forward, ready), device)
                 calls[key] = partial(forward, ready)
             except Exception as error:  # noqa: BLE001 (reported in the table; the other models go on)
@@ -285,17 +287,21 @@ def run_training(args: argparse.Namespace, device, where: str) -> int:
     keys = args.models or TRAIN_MODELS
     if 'elan-light-onnx' in keys:
         raise ElanError('--train: elan-light-onnx has no training step')
-    md_path = args.output_dir / f'bench_train_{device.type}{"_" + args.amp if args.amp else ""}_x{args.scale}_b{args.batch}_p{args.patch}.md'
+    variant = f'{"_" + args.amp if args.amp else ""}{"_compile" if args.compile else ""}'
+    md_path = args.output_dir / f'bench_train_{device.type}{variant}_x{args.scale}_b{args.batch}_p{args.patch}.md'
     check_output_free(md_path, args.force)
     amp = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(args.amp)
     loader = bench_train.loader_throughput(args.opt, args.loader_batches, not args.quiet) if args.opt else None
     models = {key: build_model(key, args.scale) for key in keys}
     results = bench_train.measure_training(models, {k: MODELS[k] for k in keys}, args.batch, args.patch,
-                                           args.scale, device, amp, args.runs, args.warmup, not args.quiet)
+                                           args.scale, device, amp, args.runs, args.warmup, not args.quiet,
+                                           compile_mode=args.compile)
+    compiled = f', forward under torch.compile ({args.compile}) as train.compile' if args.compile else ''
     setup = (f'Training step (forward, L1, backward, Adam) at x{args.scale}, batch {args.batch} of {args.patch}x{args.patch} '
-             f'LR patches, {where}, {args.amp or "float32"}; median of {args.runs} steps after {args.warmup} warm-up, '
-             f'models interleaved; torch {torch.__version__}; command: `elan bench --train --device {args.device} '
+             f'LR patches, {where}, {args.amp or "float32"}{compiled}; median of {args.runs} steps after {args.warmup} '
+             f'warm-up, models interleaved; torch {torch.__version__}; command: `elan bench --train --device {args.device} '
              f'--batch {args.batch} --patch {args.patch}{" --amp " + args.amp if args.amp else ""}'
+             f'{f" --compile {args.compile}" if args.compile else ""}'
              f'{f" --threads {args.threads}" if args.threads else ""} --runs {args.runs} --warmup {args.warmup}'
              f'{f" --opt {args.opt}" if args.opt else ""}`')
     table = bench_train.markdown_training(results, args.batch, setup, loader)
@@ -334,10 +340,10 @@ def run(args: argparse.Namespace) -> int:
     for path in (md_path, png_path):
         check_output_free(path, args.force)
     setup = (f'x{args.scale}, LR input {size[0]}x{size[1]}, batch 1, {where}, '
-             f'{"float16" if args.half else "float32"}{", torch.compile" if args.compile else ""}; '
+             f'{"float16" if args.half else "float32"}{f", torch.compile ({args.compile})" if args.compile else ""}; '
              f'median of {args.runs} runs after {args.warmup} warm-up; torch {torch.__version__}; '
              f'command: `elan bench --scale {args.scale} --size {args.size} --device {args.device}'
-             f'{" --half" if args.half else ""}{" --compile" if args.compile else ""}'
+             f'{" --half" if args.half else ""}{f" --compile {args.compile}" if args.compile else ""}'
              f'{f" --threads {args.threads}" if args.threads else ""} --runs {args.runs} --warmup {args.warmup}`')
     results = measure(args.models, args.scale, size, device, dtype, args.compile, args.runs, args.warmup,
                       progress=not args.quiet)
