@@ -14,7 +14,8 @@
 #      reference vs fused attention, float32 and bf16;
 #   5. `elan bench` inference, float32 and float16, with and without fused attention;
 #   6. `elan upscale` of a folder of 50 photos of 480x640, each image in turn and pipelined (images/s, I/O share);
-#   7. tests/test_cuda.py (AMP training, resume, NCCL torchrun, inference; passed on an H100 before).
+#   7. tests/test_cuda.py (AMP training, resume, NCCL torchrun, inference; passed on an H100 before);
+#   8. `elan bench --compile reduce-overhead` (CUDA graphs) against eager on 64x64 tiles in float16.
 #
 # Here, once (downloads what the GPU image lacks, basicsr and lmdb, into .whl/, which git ignores):
 #   scripts/gpu_session.sh wheels
@@ -91,8 +92,13 @@ step infer-bench-half 45 python3 -m elan_arch bench --device cuda --half --model
 step folder-upscale 60 python3 scripts/benchmark.py --device cuda --skip-bench --skip-upscale --folder 50 480x640 \
     --output-dir "$OUT"
 step cuda-tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+for mode in eager reduce-overhead; do
+    step "tile-bench-$mode" 60 python3 -m elan_arch bench --device cuda --half --size 64x64 --runs 30 \
+        $([ $mode = eager ] || echo --compile $mode) --models elan-light elan-light-ref --output-dir "$OUT/tile64-$mode" \
+        --force --quiet
+done
 echo "=== done in $((SECONDS - START)) s; the tables:"
 for table in "$OUT"/bench_train_*.md "$OUT"/attention_speed.md "$OUT"/recipe_speed*.md "$OUT"/bench_cuda*.md \
-             "$OUT"/folder_cuda.md; do
+             "$OUT"/folder_cuda.md "$OUT"/tile64-*/bench_cuda*.md; do
     [ -f "$table" ] && { echo "--- $table"; cat "$table"; }
 done
