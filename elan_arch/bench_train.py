@@ -219,6 +219,6 @@ def markdown_training(results: List[TrainResult], batch: int, setup: str,
                      f'{batch / r.median:.1f} | {rate} | {ratio} |')
     if loader:
         lines += ['', f'Data loader ({loader["name"]}, HR patch {loader["gt_size"]}, batch {loader["batch"]}, '
-                  f'{loader["workers"]} workers, {loader["batches"]} batches): '
+                  f'{loader["workers"]} worker{"s" if loader["workers"] != 1 else ""}, {loader["batches"]} batches): '
                   f'**{loader["samples_per_s"]:.1f} samples/s**']
     return '\n'.join(lines) + '\n'

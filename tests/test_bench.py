@@ -186,7 +186,7 @@ def test_bench_train_table_and_loader(tmp_path, capsys, monkeypatch):
     ratio = float(rows['ELAN-light'][5].rstrip('x'))
     ref_step = float(rows['ELAN-light (reference path)'][2].split()[0])
     assert ratio == pytest.approx(ref_step / step, rel=0.02) and rows['SwinIR-light'][5] == 'n/a'
-    loader = re.search(r'Data loader \(demo, HR patch 128, batch 8, 1 workers, 3 batches\): \*\*([\d.]+) samples/s',
+    loader = re.search(r'Data loader \(demo, HR patch 128, batch 8, 1 worker, 3 batches\): \*\*([\d.]+) samples/s',
                        table)
     assert loader and float(loader.group(1)) > 0
 
