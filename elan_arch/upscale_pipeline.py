@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Generic, List, Optional, Sequence, Tuple, TypeVar
 
@@ -63,14 +64,25 @@ def run_pipeline(jobs: Sequence[J], read: Callable[[J], Any], compute: Callable[
         return stats
     writing: Deque[Tuple[J, Future]] = deque()
 
-    def collect(block: bool) -> None:
-        """Take finished writes off the queue (the oldest first; with ``block``, wait for it)."""
-        while writing and (block or writing[0][1].done()):
+    def collect(wait: bool) -> None:
+        """Report the writes at the front of the queue that have finished, in job order; with ``wait``, all of
+        them, waiting for each."""
+        while writing and (wait or writing[0][1].done()):
             job, future = writing.popleft()
             waited = time.perf_counter()
             outcome = future.result()  # a non-ElanError re-raises here
             stats.write_wait += time.perf_counter() - waited
             _record(job, outcome, stats, on_error, on_done)
+
+    def make_room() -> None:
+        """Wait until fewer than ``writers`` writes are unfinished (finished ones hold no output)."""
+        while True:
+            busy = [future for _, future in writing if not future.done()]
+            if len(busy) < writers:
+                return
+            waited = time.perf_counter()
+            wait_for(busy, return_when=FIRST_COMPLETED)
+            stats.write_wait += time.perf_counter() - waited
 
     with ThreadPoolExecutor(1, thread_name_prefix='elan-read') as reader, \
             ThreadPoolExecutor(writers, thread_name_prefix='elan-write') as writer:
@@ -91,12 +103,11 @@ def run_pipeline(jobs: Sequence[J], read: Callable[[J], Any], compute: Callable[
                 if isinstance(output, ElanError):
                     _record(job, output, stats, on_error, on_done)
                     continue
-                collect(block=False)
-                while len(writing) >= writers:  # bounded memory: at most `writers` outputs queued
-                    collect(block=True)
+                collect(wait=False)
+                make_room()  # bounded memory: at most `writers` outputs waiting for a writer
                 writing.append((job, writer.submit(_call, write, job, output)))
                 del output
-            collect(block=True)
+            collect(wait=True)
         except BaseException:
             if ahead is not None:
                 ahead.cancel()

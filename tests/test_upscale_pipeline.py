@@ -92,6 +92,23 @@ def test_outputs_waiting_for_writers_stay_bounded(writers):
     assert stats.write_wait > 0  # the computation outran the writers and waited for them
 
 
+def test_a_slow_write_does_not_hold_up_the_other_writers():
+    """Writes finish out of order: with 2 writers, image 0's write may last until image 3's starts (the
+    other writer keeps going), and the results are still reported in job order."""
+    rec = Recorder()
+    waited = []
+
+    def write(job: int, output: str) -> None:
+        if job == 0:
+            waited.append(rec.write_started[3].wait(WAIT))
+        rec.write(job, output)
+
+    done: List[int] = []
+    stats = run_pipeline(list(range(5)), rec.read, rec.compute, write, writers=2, on_error=rec.on_error,
+                         on_done=done.append)
+    assert waited == [True] and done == stats.done == [0, 1, 2, 3, 4]
+
+
 @pytest.mark.parametrize('writers', [0, 2])
 def test_a_failing_stage_fails_its_job_only(writers):
     rec = Recorder()
