@@ -300,3 +300,89 @@ def test_benchmark_script_folder_step(tmp_path, capsys):
     assert 'a folder of 3 photos of 16x24' in table
     assert sorted(p.name for p in (tmp_path / 'out_0').iterdir()) == ['0000.png', '0001.png', '0002.png']
     assert cv2.imread(str(tmp_path / 'out_0' / '0001.png')).shape == (64, 96, 3)
+
+
+def upscale_file(tmp_path: Path, weights: Path, name: str, img: np.ndarray) -> np.ndarray:
+    """``elan upscale`` of ``img`` written as ``name`` (OpenCV's layout): the output PNG as decoded unchanged."""
+    src, dst = tmp_path / name, tmp_path / f'{Path(name).stem}_out.png'
+    cv2.imwrite(str(src), img)
+    assert main(['upscale', '-i', str(src), '-o', str(dst), '--weights', str(weights), '--device', 'cpu',
+                 '--quiet']) == 0
+    return cv2.imread(str(dst), cv2.IMREAD_UNCHANGED)
+
+
+def test_grey_and_16_bit_inputs_keep_their_kind(tmp_path, weights):
+    """Grey in, grey out; 16 bits in, 16 bits out (the same image as 8 bits, to rounding); colour 16-bit too."""
+    colour8 = bgr(photo(20, 26))
+    grey8 = cv2.cvtColor(colour8, cv2.COLOR_BGR2GRAY)
+    out8 = upscale_file(tmp_path, weights, 'grey8.png', grey8)
+    out16 = upscale_file(tmp_path, weights, 'grey16.png', grey8.astype(np.uint16) * 257)  # the same values
+    assert out8.shape == out16.shape == (40, 52) and out8.dtype == np.uint8 and out16.dtype == np.uint16
+    assert np.abs(out16.astype(np.int64) - out8.astype(np.int64) * 257).max() <= 257
+    # grey is the colour network's output on three equal channels, averaged
+    as_colour = upscale_file(tmp_path, weights, 'grey_as_colour.png', cv2.cvtColor(grey8, cv2.COLOR_GRAY2BGR))
+    assert np.abs(as_colour.astype(np.int64).mean(axis=2) - out8).max() <= 1
+    colour16 = upscale_file(tmp_path, weights, 'colour16.png', colour8.astype(np.uint16) * 257)
+    plain = upscale_file(tmp_path, weights, 'colour8.png', colour8)
+    assert colour16.shape == (40, 52, 3) and colour16.dtype == np.uint16
+    assert np.abs(colour16.astype(np.int64) - plain.astype(np.int64) * 257).max() <= 257
+
+
+def nearest_x2(rgb: np.ndarray, dtype: type) -> np.ndarray:
+    """A stand-in for the network in :func:`upscale_picture`: nearest x2, quantised as upscale_array does."""
+    up = rgb.repeat(2, axis=0).repeat(2, axis=1)
+    return up if dtype == np.float32 else (up * np.iinfo(dtype).max).round().astype(dtype)
+
+
+def test_alpha_is_upscaled_by_the_network_and_the_colour_is_as_without_it(tmp_path, weights):
+    colour = bgr(photo(24, 32))
+    plain = upscale_file(tmp_path, weights, 'plain.png', colour)
+    alpha = np.zeros((24, 32), np.uint8)
+    alpha[:, 16:] = 255  # transparent left half, opaque right half
+    out = upscale_file(tmp_path, weights, 'rgba.png', np.dstack([colour, alpha]))
+    assert out.shape == (48, 64, 4) and np.array_equal(out[..., :3], plain)
+    net = ELAN(upscale=2, **SMALL)
+    net.load_state_dict(torch.load(weights)['params'])
+    mask = np.repeat(alpha[..., None].astype(np.float32) / 255, 3, axis=2)
+    expected = upscale_array(net.eval(), mask, 2, 16, out_dtype=np.float32).mean(axis=2)
+    assert np.array_equal(out[..., 3], (np.clip(expected, 0, 1) * 255).round().astype(np.uint8))
+    flat = upscale_file(tmp_path, weights, 'flat.png', np.dstack([colour, np.full((24, 32), 128, np.uint8)]))
+    assert np.array_equal(flat[..., :3], plain) and (flat[..., 3] == 128).all()  # constant: repeated
+
+
+def test_grey_with_alpha_and_16_bit_alpha_through_a_stand_in_network(tmp_path):
+    from elan_arch.upscale_io import read_picture, upscale_picture
+
+    grey = (np.arange(12 * 10).reshape(12, 10) * 500).astype(np.uint16)
+    alpha = np.zeros((12, 10), np.uint16)
+    alpha[6:] = 65535
+    cv2.imwrite(str(tmp_path / 'ga16.png'), np.dstack([grey, grey, grey, alpha]))
+    picture = read_picture(tmp_path / 'ga16.png')
+    assert picture.dtype == np.uint16 and picture.alpha is not None and not picture.grey  # stored as BGRA
+    out = upscale_picture(picture, nearest_x2)
+    assert out.shape == (24, 20, 4) and out.dtype == np.uint16
+    assert np.array_equal(out[..., 0], grey.repeat(2, 0).repeat(2, 1))
+    assert np.array_equal(out[..., 3], alpha.repeat(2, 0).repeat(2, 1))
+    cv2.imwrite(str(tmp_path / 'g.png'), grey)
+    out = upscale_picture(read_picture(tmp_path / 'g.png'), nearest_x2)
+    assert out.shape == (24, 20) and np.array_equal(out, grey.repeat(2, 0).repeat(2, 1))
+
+
+def test_alpha_follows_the_exif_orientation(tmp_path):
+    """OpenCV turns the colour of a PNG by its EXIF orientation; the alpha is turned with it."""
+    from elan_arch.upscale_io import read_picture, upscale_picture
+
+    pil = pytest.importorskip('PIL.Image')
+    rgba = np.zeros((24, 32, 4), np.uint8)
+    rgba[..., :3] = (photo(24, 32) * 255).round().astype(np.uint8)
+    rgba[:, 16:, 3] = 255  # opaque right half as stored
+    image = pil.fromarray(rgba, 'RGBA')
+    exif = image.getexif()
+    exif[0x0112] = 6  # displayed turned 90 degrees clockwise: the stored right half becomes the bottom
+    image.save(tmp_path / 'turned.png', exif=exif)
+    picture = read_picture(tmp_path / 'turned.png')
+    assert picture.rgb.shape == (32, 24, 3)
+    out = upscale_picture(picture, nearest_x2)
+    assert out.shape == (64, 48, 4)
+    assert (out[:32, :, 3] == 0).all() and (out[32:, :, 3] == 255).all()
+    assert np.array_equal(out[..., 2], np.rot90(rgba[..., 0], -1).repeat(2, 0).repeat(2, 1))  # red, turned

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     import numpy as np
     from torch import Tensor
 
+    from ..upscale_io import Picture
+
 Job = Tuple[Path, Path]  # (input image, output PNG)
 
 
@@ -100,23 +102,15 @@ def plan_jobs(inp: Path, out: Path, force: bool) -> Tuple[List[Job], List[Path]]
     return jobs, skipped
 
 
-def _read(src: Path) -> np.ndarray:
-    """``src`` as (H, W, 3) float32 RGB in [0, 1]; ElanError if it cannot be decoded."""
-    import numpy as np
-
-    from ..data.images import read_image
-
-    return read_image(src)[:, :, ::-1].astype(np.float32) / 255.
-
-
 def _out_of_memory(err: RuntimeError) -> bool:
     """Whether ``err`` is PyTorch's out-of-memory error (CUDA's ``OutOfMemoryError`` is a RuntimeError; the CPU
     allocator says "can't allocate memory")."""
     return 'out of memory' in str(err) or "can't allocate memory" in str(err)
 
 
-def _upscale(net, src: Path, rgb: np.ndarray, scale: int, multiple: int, args: argparse.Namespace) -> np.ndarray:
-    """The (H*scale, W*scale, 3) uint8 RGB output of ``rgb``.
+def _upscale(net, src: Path, rgb: np.ndarray, scale: int, multiple: int, args: argparse.Namespace,
+             out_dtype: type) -> np.ndarray:
+    """The (H*scale, W*scale, 3) RGB output of ``rgb`` in ``out_dtype`` (as :func:`~elan_arch.inference.upscale_array`).
 
     Out of memory, it tries again in tiles, saying so: :data:`~elan_arch.inference.DEFAULT_TILE` pixels (at most
     half the image) after a whole image, half the tile after tiles, down to 32 pixels; ElanError (naming ``src``)
@@ -131,7 +125,7 @@ def _upscale(net, src: Path, rgb: np.ndarray, scale: int, multiple: int, args: a
     while True:
         try:
             return upscale_array(net, rgb, scale, multiple, tile=tile, overlap=args.tile_overlap,
-                                 progress=not args.quiet)
+                                 out_dtype=out_dtype, progress=not args.quiet)
         except RuntimeError as err:
             if not _out_of_memory(err):
                 raise
@@ -147,15 +141,14 @@ def _upscale(net, src: Path, rgb: np.ndarray, scale: int, multiple: int, args: a
 
 
 def _write(dst: Path, out: np.ndarray, force: bool) -> None:
-    """Write RGB ``out`` to ``dst`` as PNG, atomically; ElanError naming ``dst`` if the file system refuses."""
-    import cv2
-
+    """Write ``out`` (as :func:`~elan_arch.upscale_io.upscale_picture` returns it) to ``dst`` as PNG, atomically;
+    ElanError naming ``dst`` if the file system refuses."""
     from ..data.images import write_png
     from ..fileio import atomic_path
 
     try:
         with atomic_path(dst, overwrite=force) as tmp:
-            write_png(tmp, cv2.cvtColor(out, cv2.COLOR_RGB2BGR, dst=out))  # in place: no second output-sized copy
+            write_png(tmp, out)
     except OSError as err:
         raise ElanError(f'{dst}: cannot be written ({err.strerror or err}); check the disk and the folder') from err
 
@@ -199,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..inference import placement
+    from ..upscale_io import read_picture, upscale_picture
     from ..upscale_pipeline import default_writers, run_pipeline
 
     if args.tile < 0 or args.tile_overlap < 0 or (args.io_threads or 0) < 0:
@@ -212,8 +206,8 @@ def run(args: argparse.Namespace) -> int:
         print(f'elan upscale: skipped {path}: not an image file', file=sys.stderr)
     output_pixels = {}
 
-    def compute(job: Job, rgb: np.ndarray) -> np.ndarray:
-        out = _upscale(net, job[0], rgb, scale, multiple, args)
+    def compute(job: Job, picture: Picture) -> np.ndarray:
+        out = upscale_picture(picture, lambda rgb, dtype: _upscale(net, job[0], rgb, scale, multiple, args, dtype))
         output_pixels[job] = out.shape[0] * out.shape[1]
         return out
 
@@ -223,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         tqdm.write(f'elan upscale: failed: {err}', file=sys.stderr)
 
     with tqdm(total=len(jobs), unit='image', disable=args.quiet or len(jobs) == 1) as bar:
-        stats = run_pipeline(jobs, lambda job: _read(job[0]), compute,
+        stats = run_pipeline(jobs, lambda job: read_picture(job[0]), compute,
                              lambda job, out: _write(job[1], out, args.force), threads,
                              on_error=failed, on_done=lambda job: bar.update())
     destination = args.output if args.input.is_dir() else jobs[0][1]
