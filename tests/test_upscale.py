@@ -184,7 +184,8 @@ def test_out_of_memory_tries_again_in_smaller_tiles(tmp_path, weights, capsys, m
     assert np.array_equal(cv2.imread(str(tmp_path / 'b.png')), expected)
 
 
-@pytest.mark.parametrize('option,mode', [(['--compile'], 'default'), (['--compile', 'reduce-overhead'], 'reduce-overhead'),
+@pytest.mark.parametrize('option,mode', [(['--compile'], 'default'),
+                                         (['--compile', 'reduce-overhead'], 'reduce-overhead'),
                                          (['--compile', 'bogus'], None)])
 def test_compile_mode_reaches_torch_compile(tmp_path, weights, capsys, monkeypatch, option, mode):
     """``--compile [MODE]``: torch.compile in that mode for fixed shapes (recorded here instead of compiling)."""
