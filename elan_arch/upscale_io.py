@@ -77,6 +77,9 @@ def read_picture(path: Path) -> Picture:
                 if alpha_raw is None:
                     raise ElanError(f'{path}: its alpha channel does not line up with its colour; '
                                     'save it without EXIF orientation')
+    if oriented.ndim == 3 and oriented.shape[2] != 3:
+        raise ElanError(f'{path}: {oriented.shape[2]} channels are not supported (grey, colour and colour with '
+                        'alpha are); convert it to an RGB(A) PNG')
     grey = oriented.ndim == 2
     dtype = np.uint8 if oriented.dtype == np.uint8 else np.uint16
     unit = _unit(oriented, path)

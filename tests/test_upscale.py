@@ -387,3 +387,16 @@ def test_alpha_follows_the_exif_orientation(tmp_path):
     assert out.shape == (64, 48, 4)
     assert (out[:32, :, 3] == 0).all() and (out[32:, :, 3] == 255).all()
     assert np.array_equal(out[..., 2], np.rot90(rgba[..., 0], -1).repeat(2, 0).repeat(2, 1))  # red, turned
+
+
+def test_unsupported_channels_and_sample_types_are_named(tmp_path, monkeypatch):
+    from elan_arch.errors import ElanError
+    from elan_arch.upscale_io import read_picture
+
+    decoded = {'array': np.zeros((4, 4, 2), np.uint8)}
+    monkeypatch.setattr(cv2, 'imread', lambda path, flags=None: decoded['array'])
+    with pytest.raises(ElanError, match=r'odd\.png: 2 channels are not supported'):
+        read_picture(tmp_path / 'odd.png')
+    decoded['array'] = np.zeros((4, 4, 3), np.int32)
+    with pytest.raises(ElanError, match=r'odd\.png: samples of type int32 are not supported'):
+        read_picture(tmp_path / 'odd.png')
