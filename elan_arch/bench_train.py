@@ -38,12 +38,19 @@ class TrainResult:
         return statistics.median(self.times)
 
 
-def make_step(net: torch.nn.Module, batch: int, patch: int, scale: int, device: torch.device,
-              amp: Optional[torch.dtype]) -> Callable[[], None]:
-    """A closure running one training step of ``net`` on a fixed random batch of LR ``patch`` crops."""
+def random_batch(batch: int, patch: int, scale: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The fixed random (LR, HR) batch every step is timed and counted on: ``batch`` LR ``patch`` crops in
+    [0, 1] and their ``scale``-times larger targets (seed 0)."""
     gen = torch.Generator().manual_seed(0)
     lq = torch.rand(batch, 3, patch, patch, generator=gen).to(device)
     gt = torch.rand(batch, 3, patch * scale, patch * scale, generator=gen).to(device)
+    return lq, gt
+
+
+def make_step(net: torch.nn.Module, batch: int, patch: int, scale: int, device: torch.device,
+              amp: Optional[torch.dtype]) -> Callable[[], None]:
+    """A closure running one training step of ``net`` on a fixed random batch of LR ``patch`` crops."""
+    lq, gt = random_batch(batch, patch, scale, device)
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-4)
 
     def step() -> None:
@@ -75,9 +82,7 @@ def step_flops(net: torch.nn.Module, batch: int, patch: int, scale: int, device:
     left behind; BatchNorm statistics see one more batch."""
     from .flops import count_flops
 
-    gen = torch.Generator().manual_seed(0)
-    lq = torch.rand(batch, 3, patch, patch, generator=gen).to(device)
-    gt = torch.rand(batch, 3, patch * scale, patch * scale, generator=gen).to(device)
+    lq, gt = random_batch(batch, patch, scale, device)
     saved = _reference_arithmetic(net)
     try:
         return count_flops(lambda: F.l1_loss(net(lq), gt).backward())

@@ -9,6 +9,7 @@ outside PyTorch's operators (Triton kernels, onnxruntime) stays invisible.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Dict, Sequence
 
 import torch
@@ -21,20 +22,14 @@ def _onednn_linear(x: Shape, *args: Any, out_shape: Shape, **kwargs: Any) -> int
     """``mkldnn::_linear_pointwise``, both overloads (``(X, W, B, attr, ...)`` and ``.binary(X, other, W, B,
     attr)``): ``X @ W^T`` from X's (..., K) rows to the output's (..., N), 2 per multiply-add; the
     epilogue (bias, ReLU, the added ``other``) is not counted, as for ``addmm``."""
-    rows = 1
-    for size in x[:-1]:
-        rows *= size
-    return 2 * rows * x[-1] * out_shape[-1]
+    return 2 * math.prod(x[:-1]) * x[-1] * out_shape[-1]
 
 
 def _cpu_attention(query: Shape, key: Shape, value: Shape, *args: Any, **kwargs: Any) -> int:
     """``softmax(q k^T) v`` on (..., L, E) tensors, leading dimensions as the batch (ELAN's windows
     come as (N, L, E)); the formula of CUDA's fused kernels."""
     def four_d(shape: Shape) -> Shape:
-        batch = 1
-        for size in shape[:-2]:
-            batch *= size
-        return (batch, 1, shape[-2], shape[-1])
+        return (math.prod(shape[:-2]), 1, shape[-2], shape[-1])
     return sdpa_flop_count(four_d(query), four_d(key), four_d(value))
 
 

@@ -92,11 +92,17 @@ def _quantise(unit: np.ndarray, dtype: type) -> np.ndarray:
     return (np.clip(unit, 0, 1) * float(np.iinfo(dtype).max)).round().astype(dtype)
 
 
+def _one_channel(planes: np.ndarray, run: Upscale, dtype: type) -> np.ndarray:
+    """A one-channel image given as three equal (H, W, 3) planes, upscaled by ``run`` and averaged back to one
+    channel of ``dtype`` (grey images and alpha)."""
+    return _quantise(run(planes, np.float32).mean(axis=2), dtype)
+
+
 def upscale_picture(picture: Picture, run: Upscale) -> np.ndarray:
     """The output of ``picture`` as OpenCV writes it: (H*s, W*s) grey, (H*s, W*s, 3) BGR or (H*s, W*s, 4) BGRA,
     of ``picture.dtype``."""
     if picture.grey:
-        out = _quantise(run(picture.rgb, np.float32).mean(axis=2), picture.dtype)
+        out = _one_channel(picture.rgb, run, picture.dtype)
     else:
         out = run(picture.rgb, picture.dtype)
         cv2.cvtColor(out, cv2.COLOR_RGB2BGR, dst=out)  # in place: no second output-sized copy
@@ -106,6 +112,6 @@ def upscale_picture(picture: Picture, run: Upscale) -> np.ndarray:
     if alpha.min() == alpha.max():
         alpha_out = np.full(out.shape[:2], _quantise(alpha[:1, :1], picture.dtype)[0, 0], dtype=picture.dtype)
     else:
-        alpha_out = _quantise(run(np.repeat(alpha[..., None], 3, axis=2), np.float32).mean(axis=2), picture.dtype)
+        alpha_out = _one_channel(np.repeat(alpha[..., None], 3, axis=2), run, picture.dtype)
     colour = cv2.cvtColor(out, cv2.COLOR_GRAY2BGR) if picture.grey else out
     return np.dstack([colour, alpha_out])
