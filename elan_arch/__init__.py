@@ -4,14 +4,14 @@
 torchvision (:mod:`elan_arch.compat`), then registers this package's archs,
 models and datasets into BasicSR's registries.
 """
-from . import compat
+from elan_arch import compat
 
 compat.apply()
 
-from . import archs  # noqa: E402  (registration happens on import)
-from . import data  # noqa: E402
-from . import models  # noqa: E402
-from .archs import ELAN, ELAN_VARIANTS  # noqa: E402
+from elan_arch import archs  # noqa: E402  (registration happens on import)
+from elan_arch import data  # noqa: E402
+from elan_arch import models  # noqa: E402
+from elan_arch.archs import ELAN, ELAN_VARIANTS  # noqa: E402
 
 __version__ = '0.1.0'
 __all__ = ['ELAN', 'ELAN_VARIANTS', '__version__']

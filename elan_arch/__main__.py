@@ -1,6 +1,6 @@
 """``python -m elan_arch`` is the ``elan`` command."""
 import sys
 
-from .cli import main
+from elan_arch.cli import main
 
 sys.exit(main())

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .errors import ElanError, one_line
+from elan_arch.errors import ElanError, one_line
 
 
 @dataclass
@@ -80,7 +80,7 @@ def step_flops(net: torch.nn.Module, batch: int, patch: int, scale: int, device:
     model-FLOPs utilisation does; the fast path executes a little more, e.g. BatchNorm's statistics from a
     covariance product, and the counter misses its in-place products and fused kernels). No gradient is
     left behind; BatchNorm statistics see one more batch."""
-    from .flops import count_flops
+    from elan_arch.flops import count_flops
 
     lq, gt = random_batch(batch, patch, scale, device)
     saved = _reference_arithmetic(net)
@@ -147,7 +147,7 @@ def measure_training(models: Dict[str, torch.nn.Module], names: Dict[str, str], 
     warm-up steps compile it)."""
     from tqdm import tqdm
 
-    from .inference import compile_network
+    from elan_arch.inference import compile_network
 
     steps, results, counted = {}, [], {}
     for key, net in tqdm(models.items(), unit='model', disable=not progress, desc='counting FLOPs'):

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .archs.elan_arch import DIV2K_RGB_MEAN
-from .errors import ElanError
+from elan_arch.archs.elan_arch import DIV2K_RGB_MEAN
+from elan_arch.errors import ElanError
 
 StateDict = Dict[str, Tensor]
 PARAM_KEYS = ('params_ema', 'params', 'model_state_dict', 'state_dict')

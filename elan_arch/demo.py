@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from .errors import ElanError
+from elan_arch.errors import ElanError
 
 # With a GPU the demo trains longer in the same spirit: one H100 ran about 16 demo iterations per second
 # (2026-11-26), so 4000 take some 4-5 minutes with the validations.
@@ -179,7 +179,7 @@ def write_pictures(images: Dict[str, dict], results: Dict[str, dict], train_opt:
     """Side-by-side crops per photo and the validation PSNR curve of the newest training log, in
     ``out_dir``; returns the paths written (the curve is skipped, with a note, if the log does not
     hold one validation result per expected validation)."""
-    from .demo_report import comparison_image, validation_curve, validation_psnrs
+    from elan_arch.demo_report import comparison_image, validation_curve, validation_psnrs
 
     written = []
     for name, imgs in images.items():

@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .archs.elan_arch import ELAN
-from .checkpoint import variant_name
-from .errors import ElanError
-from .extras import require
-from .fileio import PathLike, atomic_path
+from elan_arch.archs.elan_arch import ELAN
+from elan_arch.checkpoint import variant_name
+from elan_arch.errors import ElanError
+from elan_arch.extras import require
+from elan_arch.fileio import PathLike, atomic_path
 
 #: ONNX opset of exported models (the TorchScript exporter; ``dynamo=True`` needs >= 18).
 OPSET = 17
@@ -180,7 +180,7 @@ def verify_onnx(path: PathLike, net: ELAN, shapes=VERIFY_SHAPES) -> List[Tuple[T
 
     Inputs are :func:`smooth_images`; the ONNX model runs on the CPU in its own dtype.
     """
-    from .onnx_backend import OnnxNetwork
+    from elan_arch.onnx_backend import OnnxNetwork
 
     runtime = OnnxNetwork(path)
     reference = copy.deepcopy(net).float().eval()

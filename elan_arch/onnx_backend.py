@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import ElanError
-from .extras import require
-from .fileio import PathLike
+from elan_arch.errors import ElanError
+from elan_arch.extras import require
+from elan_arch.fileio import PathLike
 
 _DTYPES = {'tensor(float)': torch.float32, 'tensor(float16)': torch.float16}
 
@@ -88,7 +88,7 @@ class OnnxRuntimeModule(nn.Module):
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        from .export_onnx import export_onnx
+        from elan_arch.export_onnx import export_onnx
 
         self.net = net
         with tempfile.TemporaryDirectory() as tmp:  # the session keeps the model in memory

@@ -33,9 +33,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from . import elastic
-from .errors import ElanError
-from .startup import note
+from elan_arch import elastic
+from elan_arch.errors import ElanError
+from elan_arch.startup import note
 
 DAMAGED_SUFFIX = '.damaged'
 # Scheduler state entries that record progress; every other entry is the schedule's shape.

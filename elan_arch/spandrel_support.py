@@ -29,9 +29,9 @@ from __future__ import annotations
 import importlib
 from typing import Tuple
 
-from .archs.elan_arch import ELAN
-from .checkpoint import build_network, resolve_config, variant_name
-from .extras import require
+from elan_arch.archs.elan_arch import ELAN
+from elan_arch.checkpoint import build_network, resolve_config, variant_name
+from elan_arch.extras import require
 
 require('spandrel', 'spandrel', 'elan_arch.spandrel_support')
 

@@ -25,8 +25,8 @@ import sys
 from os import path as osp
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from . import elastic
-from .errors import ElanError
+from elan_arch import elastic
+from elan_arch.errors import ElanError
 
 _MADE: List[Tuple[str, Optional[str]]] = []  # (folder made, where the folder it replaced was archived)
 _PENDING: List[str] = []
@@ -91,7 +91,7 @@ def _check_scheduler(train_opt: Dict[str, Any]) -> None:
 
 
 def _check_dataset(phase: str, dataset: Dict[str, Any]) -> None:
-    from .data.paired_image_dataset import check_dataset_options
+    from elan_arch.data.paired_image_dataset import check_dataset_options
 
     if dataset.get('dataroot_gt') and dataset.get('dataroot_lq'):
         check_dataset_options(dataset)
@@ -122,7 +122,7 @@ def check_options(opt: Dict[str, Any]) -> None:
 
 def check_pretrained(opt: Dict[str, Any], verified: Iterable[str] = ()) -> None:
     """Every ``path.pretrain_network_*`` must exist and load (except ``verified`` files)."""
-    from .resume import read
+    from elan_arch.resume import read
 
     for key, value in opt['path'].items():
         if key.startswith('pretrain_network_') and value and value not in verified:

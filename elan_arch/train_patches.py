@@ -45,9 +45,9 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
-from . import elastic, resume, startup
-from .data.sampler import ResumableSampler, SeededDataset, resume_position
-from .errors import ElanError
+from elan_arch import elastic, resume, startup
+from elan_arch.data.sampler import ResumableSampler, SeededDataset, resume_position
+from elan_arch.errors import ElanError
 
 _ORIGINALS: Dict[str, Callable] = {}
 TORCHRUN_HINT = ('start it with torchrun, e.g. `torchrun --nproc_per_node=2 -m elan_arch.cli.basicsr_cmd train '
@@ -212,7 +212,7 @@ def apply() -> None:
     import basicsr.utils.misc as misc
     from basicsr.models.base_model import BaseModel
 
-    from . import interrupt
+    from elan_arch import interrupt
 
     _ORIGINALS.update(model_to_device=BaseModel.model_to_device)
     dist_util._init_dist_pytorch = init_dist_pytorch

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from . import elan_fast
+from elan_arch.archs import elan_fast
 
 #: Reference configurations (``upscale`` is chosen separately).
 ELAN_VARIANTS: Dict[str, dict] = {

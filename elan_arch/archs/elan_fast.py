@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import window_kernels
-from .fast_ops import linear, linear_batchnorm, pixel_map, pixel_rows, shift
-from .window_ops import AttentionState, gmsa_attention, window_order
+from elan_arch.archs import window_kernels
+from elan_arch.archs.fast_ops import linear, linear_batchnorm, pixel_map, pixel_rows, shift
+from elan_arch.archs.window_ops import AttentionState, gmsa_attention, window_order
 
 if TYPE_CHECKING:  # the arch module imports this one
-    from .elan_arch import ELAB, ELAN, GMSA, LFE
+    from elan_arch.archs.elan_arch import ELAB, ELAN, GMSA, LFE
 
 
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[Tensor, Tensor]:

@@ -37,7 +37,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .fast_ops import needs_autograd
+from elan_arch.archs.fast_ops import needs_autograd
 
 try:  # Triton ships with PyTorch's CUDA wheels on Linux; without it the bmm form serves
     import triton

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import window_kernels
-from .fast_ops import custom_functions_ok, needs_autograd
+from elan_arch.archs import window_kernels
+from elan_arch.archs.fast_ops import custom_functions_ok, needs_autograd
 
 # --------------------------------------------------------------------------------------- windows
 

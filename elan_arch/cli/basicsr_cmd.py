@@ -25,7 +25,7 @@ import sys
 from importlib.metadata import entry_points
 from typing import Any, Dict, List, Optional
 
-from ..errors import ElanError
+from elan_arch.errors import ElanError
 
 PLUGIN_GROUP = 'basicsr.plugins'
 
@@ -132,7 +132,7 @@ def _train(args: argparse.Namespace) -> int:
     """basicsr's training pipeline with signals handled and a failed start undone (:mod:`elan_arch.startup`)."""
     from basicsr.train import train_pipeline
 
-    from .. import elastic, interrupt, startup
+    from elan_arch import elastic, interrupt, startup
 
     try:
         with interrupt.stop_on_signals():
@@ -152,7 +152,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     """Run ``args.phase`` ('train' or 'test') with basicsr's pipeline; return the exit code."""
     plugins = load_plugins()
     check_option_file(args.opt, plugins, [entry.split('=')[0].strip() for entry in args.force_yml or []])
-    from .. import train_patches
+    from elan_arch import train_patches
 
     train_patches.apply()
     saved_argv = sys.argv
@@ -169,8 +169,8 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from ..allocator import tune_process
-    from . import run_command
+    from elan_arch.allocator import tune_process
+    from elan_arch.cli import run_command
 
     tune_process()
     return run_command('basicsr', build_parser().parse_args(argv))

@@ -20,10 +20,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from ..archs import window_kernels
-from ..archs.elan_arch import pad_to_multiple
-from ..bench_train import interleaved_times, report_failure
-from ..errors import ElanError
+from elan_arch.archs import window_kernels
+from elan_arch.archs.elan_arch import pad_to_multiple
+from elan_arch.bench_train import interleaved_times, report_failure
+from elan_arch.errors import ElanError
 
 #: ``--models`` keys -> table names; the order is the table's.
 MODELS: Dict[str, str] = {
@@ -65,7 +65,7 @@ class Result:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..inference import add_device_options
+    from elan_arch.inference import add_device_options
 
     parser = subparsers.add_parser(
         'bench', help='speed/size of ELAN vs SwinIR-light and EDSR (markdown table + PNG chart)',
@@ -119,10 +119,10 @@ def build_model(key: str, scale: int):
     from basicsr.archs.edsr_arch import EDSR
     from basicsr.archs.swinir_arch import SwinIR
 
-    from ..archs.elan_arch import ELAN, ELAN_VARIANTS
+    from elan_arch.archs.elan_arch import ELAN, ELAN_VARIANTS
 
     if key == 'elan-light-onnx':
-        from ..onnx_backend import OnnxRuntimeModule
+        from elan_arch.onnx_backend import OnnxRuntimeModule
 
         net = OnnxRuntimeModule(ELAN(upscale=scale, **ELAN_VARIANTS['ELAN-light']).eval())
     elif key.startswith('elan'):
@@ -196,8 +196,8 @@ def measure(keys: List[str], scale: int, size: Tuple[int, int], device, dtype, c
     import torch
     from tqdm import tqdm
 
-    from ..flops import count_flops
-    from ..inference import compile_network
+    from elan_arch.flops import count_flops
+    from elan_arch.inference import compile_network
 
     x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     calls: Dict[str, Callable[[], None]] = {}
@@ -279,8 +279,8 @@ def bar_chart(results: List[Result], title: str, path: Path) -> None:
 
 def run_training(args: argparse.Namespace, device, where: str) -> int:
     """``elan bench --train``: training-step table (and the loader's samples/s with ``--opt``)."""
-    from .. import bench_train
-    from ..fileio import atomic_path, check_output_free
+    from elan_arch import bench_train
+    from elan_arch.fileio import atomic_path, check_output_free
 
     if args.batch < 1 or args.patch < 1:
         raise ElanError('--batch and --patch must be positive')
@@ -315,8 +315,8 @@ def run_training(args: argparse.Namespace, device, where: str) -> int:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..fileio import atomic_path, check_output_free
-    from ..inference import select_device
+    from elan_arch.fileio import atomic_path, check_output_free
+    from elan_arch.inference import select_device
 
     size = parse_size(args.size)
     if args.runs < 1 or args.warmup < 0:

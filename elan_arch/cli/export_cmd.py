@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import ElanError
+from elan_arch.errors import ElanError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     import torch
 
-    from ..export_onnx import OPSET, TOLERANCE, VERIFY_SHAPES
-    from .convert_cmd import add_reading_options
+    from elan_arch.export_onnx import OPSET, TOLERANCE, VERIFY_SHAPES
+    from elan_arch.cli.convert_cmd import add_reading_options
 
     checks = ' and '.join('x'.join(map(str, s)) for s in VERIFY_SHAPES)
     parser = subparsers.add_parser(
@@ -40,9 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_checkpoint
-    from ..export_onnx import export_onnx
-    from ..fileio import check_output_free
+    from elan_arch.checkpoint import load_checkpoint
+    from elan_arch.export_onnx import export_onnx
+    from elan_arch.fileio import check_output_free
 
     if args.tolerance is not None and not args.tolerance >= 0:
         raise ElanError(f'--tolerance {args.tolerance}: must be >= 0')

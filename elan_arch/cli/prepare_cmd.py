@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import data
+    from elan_arch import data
 
     if args.what == 'check':
         result = data.check_lmdb_pair(args.gt, args.lq, args.scale)

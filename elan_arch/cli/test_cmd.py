@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .train_cmd import register_phase
+from elan_arch.cli.train_cmd import register_phase
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .basicsr_cmd import add_pipeline_arguments, run_pipeline
+from elan_arch.cli.basicsr_cmd import add_pipeline_arguments, run_pipeline
 
 _WHAT = {'train': 'train a network', 'test': 'test a network'}
 

@@ -11,20 +11,20 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, List, Tuple
 
-from ..errors import ElanError
+from elan_arch.errors import ElanError
 
 if TYPE_CHECKING:
     import numpy as np
     from torch import Tensor
 
-    from ..upscale_io import Picture
+    from elan_arch.upscale_io import Picture
 
 Job = Tuple[Path, Path]  # (input image, output PNG)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..inference import DEFAULT_OVERLAP, DEFAULT_TILE, add_device_options
-    from ..upscale_pipeline import default_writers
+    from elan_arch.inference import DEFAULT_OVERLAP, DEFAULT_TILE, add_device_options
+    from elan_arch.upscale_pipeline import default_writers
 
     parser = subparsers.add_parser(
         'upscale', help='super-resolve images with an ELAN checkpoint',
@@ -68,8 +68,8 @@ def plan_jobs(inp: Path, out: Path, force: bool) -> Tuple[List[Job], List[Path]]
         ElanError: missing input, empty folder, an output that is an input or exists
             without ``force``, or two inputs that would write the same output.
     """
-    from ..data.images import IMAGE_EXTENSIONS
-    from ..fileio import check_output_free
+    from elan_arch.data.images import IMAGE_EXTENSIONS
+    from elan_arch.fileio import check_output_free
 
     skipped: List[Path] = []
     if inp.is_file():
@@ -119,7 +119,7 @@ def _upscale(net, src: Path, rgb: np.ndarray, scale: int, multiple: int, args: a
     import torch
     from tqdm import tqdm
 
-    from ..inference import DEFAULT_TILE, upscale_array
+    from elan_arch.inference import DEFAULT_TILE, upscale_array
 
     tile = args.tile
     while True:
@@ -143,8 +143,8 @@ def _upscale(net, src: Path, rgb: np.ndarray, scale: int, multiple: int, args: a
 def _write(dst: Path, out: np.ndarray, force: bool) -> None:
     """Write ``out`` (as :func:`~elan_arch.upscale_io.upscale_picture` returns it) to ``dst`` as PNG, atomically;
     ElanError naming ``dst`` if the file system refuses."""
-    from ..data.images import write_png
-    from ..fileio import atomic_path
+    from elan_arch.data.images import write_png
+    from elan_arch.fileio import atomic_path
 
     try:
         with atomic_path(dst, overwrite=force) as tmp:
@@ -156,11 +156,11 @@ def _write(dst: Path, out: np.ndarray, force: bool) -> None:
 def load_model(args: argparse.Namespace) -> Tuple[Callable[[Tensor], Tensor], int, int, str]:
     """The network for ``--weights`` (PyTorch, prepared for ``--device/--half/--compile``) or ``--onnx``
     (onnxruntime), its scale and padding multiple, and where it runs (for the summary line)."""
-    from ..checkpoint import load_network_from_checkpoint
-    from ..inference import prepare_network, select_device
+    from elan_arch.checkpoint import load_network_from_checkpoint
+    from elan_arch.inference import prepare_network, select_device
 
     if args.onnx:
-        from ..onnx_backend import OnnxNetwork
+        from elan_arch.onnx_backend import OnnxNetwork
 
         if args.half or args.compile or args.fused_attention:
             raise ElanError('--half/--compile/--fused-attention do not apply to --onnx: the model\'s dtype and '
@@ -172,7 +172,7 @@ def load_model(args: argparse.Namespace) -> Tuple[Callable[[Tensor], Tensor], in
         net = load_network_from_checkpoint(args.weights)
         source, where = args.weights, str(device)
         if args.fused_attention:
-            from ..archs import window_kernels
+            from elan_arch.archs import window_kernels
 
             reason = window_kernels.unavailable_reason(device)
             if reason:
@@ -191,9 +191,9 @@ def load_model(args: argparse.Namespace) -> Tuple[Callable[[Tensor], Tensor], in
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..inference import placement
-    from ..upscale_io import read_picture, upscale_picture
-    from ..upscale_pipeline import default_writers, run_pipeline
+    from elan_arch.inference import placement
+    from elan_arch.upscale_io import read_picture, upscale_picture
+    from elan_arch.upscale_pipeline import default_writers, run_pipeline
 
     if args.tile < 0 or args.tile_overlap < 0 or (args.io_threads or 0) < 0:
         raise ElanError('--tile, --tile-overlap and --io-threads must be >= 0')

@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 from typing import Iterable, Tuple
 
-from ..errors import ElanError
-from ..fileio import PathLike, atomic_path
-from .images import read_image, write_png
-from .jobs import PrepareSummary
-from .prepare_benchmark import prepare_benchmark
-from .prepare_div2k import HR_FOLDER, prepare_div2k
+from elan_arch.errors import ElanError
+from elan_arch.fileio import PathLike, atomic_path
+from elan_arch.data.images import read_image, write_png
+from elan_arch.data.jobs import PrepareSummary
+from elan_arch.data.prepare_benchmark import prepare_benchmark
+from elan_arch.data.prepare_div2k import HR_FOLDER, prepare_div2k
 
 # Photographs shipped inside scikit-image's wheel (public domain or CC0; see skimage/data/README). Training:
 # everyday scenes and natural textures (the grey ones are read as 3 equal channels; PSNR is measured on Y).

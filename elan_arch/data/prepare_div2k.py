@@ -25,13 +25,13 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import ElanError
-from ..fileio import PathLike, atomic_path, check_output_free
-from .check import check_lmdb_pair
-from .images import PNG_COMPRESSION, check_key, list_images
-from .jobs import PrepareSummary, parallel_map, tree_bytes
-from .lmdb_writer import write_lmdb
-from .subimages import CropJob, extract_crops
+from elan_arch.errors import ElanError
+from elan_arch.fileio import PathLike, atomic_path, check_output_free
+from elan_arch.data.check import check_lmdb_pair
+from elan_arch.data.images import PNG_COMPRESSION, check_key, list_images
+from elan_arch.data.jobs import PrepareSummary, parallel_map, tree_bytes
+from elan_arch.data.lmdb_writer import write_lmdb
+from elan_arch.data.subimages import CropJob, extract_crops
 
 HR_FOLDER = 'DIV2K_train_HR'
 LR_FOLDER = 'DIV2K_train_LR_bicubic'

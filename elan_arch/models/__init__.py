@@ -1,4 +1,4 @@
 """Models; importing this package registers ``ELANModel`` in BasicSR's ``MODEL_REGISTRY``."""
-from .elan_model import ELANModel
+from elan_arch.models.elan_model import ELANModel
 
 __all__ = ['ELANModel']

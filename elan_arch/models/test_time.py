@@ -18,7 +18,7 @@ def tiled_upscale(net: nn.Module, x: Tensor, scale: int, tile: int, overlap: int
     Peak memory is the network's for one tile. The output is clamped to [0, 1], as BasicSR's
     ``tensor2img`` would do. Shape: (B, C, h, w) -> (B, C, h*scale, w*scale).
     """
-    from ..inference import upscale_array
+    from elan_arch.inference import upscale_array
 
     outputs = []
     for img in x:
