@@ -1,12 +1,12 @@
 """ELAN for BasicSR.
 
 ``import elan_arch`` first makes basicsr 1.4.2 importable with current
-torchvision (:mod:`elan_arch.compat`), then registers this package's archs,
+torchvision (:mod:`elan_arch.utils.basicsr_compat`), then registers this package's archs,
 models and datasets into BasicSR's registries.
 """
-from elan_arch import compat
+from elan_arch.utils import basicsr_compat
 
-compat.apply()
+basicsr_compat.apply()
 
 from elan_arch import archs  # noqa: E402  (registration happens on import)
 from elan_arch import data  # noqa: E402

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from elan_arch.errors import ElanError, one_line
+from elan_arch.utils.errors import ElanError, one_line
 
 
 @dataclass
@@ -94,7 +94,7 @@ def step_flops(net: torch.nn.Module, batch: int, patch: int, scale: int, device:
 
 def report_failure(command: str, name: str, error: Exception, device: torch.device) -> str:
     """Say (under the progress bars) that ``name`` failed, empty the GPU's cache of what it held, and return
-    the error in one line for its table row (:func:`~elan_arch.errors.one_line`)."""
+    the error in one line for its table row (:func:`~elan_arch.utils.errors.one_line`)."""
     from tqdm import tqdm
 
     described = one_line(error)
@@ -114,7 +114,7 @@ def interleaved_times(calls: Dict[str, Callable[[], None]], names: Dict[str, str
 
     Returns:
         Seconds per key of the timed rounds (none for a failed call), and per failed key its error in one
-        line (:func:`~elan_arch.errors.one_line`).
+        line (:func:`~elan_arch.utils.errors.one_line`).
     """
     times: Dict[str, List[float]] = {key: [] for key in calls}
     errors: Dict[str, str] = {}

@@ -24,8 +24,8 @@ import torch
 
 from elan_arch.archs.elan_arch import DIV2K_RGB_MEAN, ELAN, ELAN_VARIANTS
 from elan_arch.checkpoint_formats import StateDict, read_checkpoint, write_safetensors
-from elan_arch.errors import ElanError
-from elan_arch.fileio import atomic_path
+from elan_arch.utils.errors import ElanError
+from elan_arch.utils.fileio import atomic_path
 
 _BLOCK_KEY = re.compile(r'^body\.(\d+)\.modules_gmsa\.gmsa_(\d+)\.project_inp\.0\.weight$')
 #: Keyword arguments of :class:`ELAN` that describe the network (what ``network_g`` may set).

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from elan_arch.archs.elan_arch import DIV2K_RGB_MEAN
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 
 StateDict = Dict[str, Tensor]
 PARAM_KEYS = ('params_ema', 'params', 'model_state_dict', 'state_dict')
@@ -184,7 +184,7 @@ def elan_kwargs_from_trainner(hyper: Mapping[str, Any]) -> Dict[str, Any]:
 def write_safetensors(state_dict: Mapping[str, Tensor], path: os.PathLike, network_g: Mapping[str, Any]) -> None:
     """Write ``state_dict`` as safetensors with ``network_g`` (JSON) in the metadata.
 
-    ``path`` is written directly: wrap the call in :func:`elan_arch.fileio.atomic_path`.
+    ``path`` is written directly: wrap the call in :func:`elan_arch.utils.fileio.atomic_path`.
     """
     from safetensors.torch import save_file
 

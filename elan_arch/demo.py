@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 
 # With a GPU the demo trains longer in the same spirit: one H100 ran about 16 demo iterations per second
 # (2026-11-26), so 4000 take some 4-5 minutes with the validations.

@@ -13,8 +13,8 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from elan_arch.errors import ElanError
-from elan_arch.fileio import atomic_path
+from elan_arch.utils.errors import ElanError
+from elan_arch.utils.fileio import atomic_path
 
 #: BasicSR's validation result lines: ``# psnr: 28.6446	Best: ...``.
 PSNR_LINE = re.compile(r'# psnr: ([\d.]+)')

@@ -32,7 +32,7 @@ from typing import Dict, List, Optional
 
 import torch.distributed as dist
 
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 
 START_TIMEOUT_VAR = 'ELAN_DIST_START_TIMEOUT'
 DEFAULT_START_TIMEOUT = 120.0

@@ -33,9 +33,9 @@ from torch import Tensor, nn
 
 from elan_arch.archs.elan_arch import ELAN
 from elan_arch.checkpoint import variant_name
-from elan_arch.errors import ElanError
-from elan_arch.extras import require
-from elan_arch.fileio import PathLike, atomic_path
+from elan_arch.utils.errors import ElanError
+from elan_arch.utils.extras import require
+from elan_arch.utils.fileio import PathLike, atomic_path
 
 #: ONNX opset of exported models (the TorchScript exporter; ``dynamo=True`` needs >= 18).
 OPSET = 17

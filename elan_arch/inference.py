@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 
 #: Tile size (LR pixels) used by ``elan upscale --tile`` without a value.
 DEFAULT_TILE = 256

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from elan_arch.errors import ElanError
-from elan_arch.extras import require
-from elan_arch.fileio import PathLike
+from elan_arch.utils.errors import ElanError
+from elan_arch.utils.extras import require
+from elan_arch.utils.fileio import PathLike
 
 _DTYPES = {'tensor(float)': torch.float32, 'tensor(float16)': torch.float16}
 

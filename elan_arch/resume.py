@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 from elan_arch import elastic
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 from elan_arch.startup import note
 
 DAMAGED_SUFFIX = '.damaged'

@@ -31,7 +31,7 @@ from typing import Tuple
 
 from elan_arch.archs.elan_arch import ELAN
 from elan_arch.checkpoint import build_network, resolve_config, variant_name
-from elan_arch.extras import require
+from elan_arch.utils.extras import require
 
 require('spandrel', 'spandrel', 'elan_arch.spandrel_support')
 

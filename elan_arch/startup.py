@@ -26,7 +26,7 @@ from os import path as osp
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from elan_arch import elastic
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 
 _MADE: List[Tuple[str, Optional[str]]] = []  # (folder made, where the folder it replaced was archived)
 _PENDING: List[str] = []

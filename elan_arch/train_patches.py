@@ -47,7 +47,7 @@ import torch
 
 from elan_arch import elastic, resume, startup
 from elan_arch.data.sampler import ResumableSampler, SeededDataset, resume_position
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 
 _ORIGINALS: Dict[str, Callable] = {}
 TORCHRUN_HINT = ('start it with torchrun, e.g. `torchrun --nproc_per_node=2 -m elan_arch.cli.basicsr_cmd train '

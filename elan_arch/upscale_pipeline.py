@@ -20,7 +20,7 @@ from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Generic, List, Optional, Sequence, Tuple, TypeVar
 
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 
 J = TypeVar('J')  # a job (e.g. an (input, output) pair of paths)
 

@@ -29,7 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import elan_arch  # noqa: F401  (before basicsr)
 from elan_arch import ELAN
-from elan_arch.allocator import tune_process
+from elan_arch.utils.cpu_tuning import tune_process
 from elan_arch.archs import window_ops
 from elan_arch.bench_train import make_step
 

@@ -1,4 +1,4 @@
-"""glibc malloc tuning (elan_arch/allocator.py): fewer page faults for the same training steps."""
+"""glibc malloc tuning (elan_arch/utils/cpu_tuning.py): fewer page faults for the same training steps."""
 from __future__ import annotations
 
 import platform
@@ -11,7 +11,7 @@ SCRIPT = '''
 import resource, sys, torch
 import elan_arch
 from elan_arch import ELAN
-from elan_arch.allocator import tune_malloc
+from elan_arch.utils.cpu_tuning import tune_malloc
 tuned = tune_malloc() if sys.argv[1] == 'tuned' else None
 torch.set_num_threads(1)
 net = ELAN(upscale=4, m_elan=4).train()
@@ -38,11 +38,11 @@ def test_tuned_malloc_keeps_freed_memory():
 
 
 def test_commands_tune_the_process_first(monkeypatch):
-    from elan_arch import allocator
+    from elan_arch.utils import cpu_tuning
     from elan_arch.cli import basicsr_cmd, main
 
     calls = []
-    monkeypatch.setattr(allocator, 'tune_process', lambda: calls.append(1))
+    monkeypatch.setattr(cpu_tuning, 'tune_process', lambda: calls.append(1))
     with pytest.raises(SystemExit):
         main(['--help'])
     with pytest.raises(SystemExit):
@@ -52,7 +52,7 @@ def test_commands_tune_the_process_first(monkeypatch):
 
 DENORMALS = '''
 import sys, torch
-from elan_arch.allocator import tune_process
+from elan_arch.utils.cpu_tuning import tune_process
 tune_process()
 torch.set_num_threads(2)
 x = torch.full((1 << 20,), 1e-30)

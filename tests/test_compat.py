@@ -1,4 +1,4 @@
-"""The torchvision shim that lets basicsr 1.4.2 import (elan_arch/compat.py)."""
+"""The torchvision shim that lets basicsr 1.4.2 import (elan_arch/utils/basicsr_compat.py)."""
 from __future__ import annotations
 
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from elan_arch import compat
+from elan_arch.utils import basicsr_compat as compat
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ import skimage.data
 import elan_arch  # noqa: F401  (before basicsr)
 from elan_arch.demo import write_pictures
 from elan_arch.demo_report import comparison_image, detailed_crop, validation_curve, validation_psnrs
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 
 
 def test_detailed_crop_finds_the_textured_region():

@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from elan_arch import train_patches
 from elan_arch.data import prepare_demo
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_OPT = REPO / 'options' / 'train_ELAN_light_x4_demo.yml'

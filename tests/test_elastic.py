@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from elan_arch import elastic
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 from helpers_train import TEST_ENV, TINY, demo_root, frozen_option, same_parameters, worker_command
 
 # 2 ranks x batch 12: 10 iterations per epoch; checkpoints every 3 iterations.

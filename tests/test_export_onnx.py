@@ -18,9 +18,9 @@ from safetensors.torch import save_file
 import elan_arch  # noqa: F401  (before basicsr)
 from elan_arch import ELAN, ELAN_VARIANTS
 from elan_arch.cli import main
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 from elan_arch.export_onnx import OPSET, TOLERANCE, TRACE_SHAPE, VERIFY_SHAPES, export_onnx, smooth_images
-from elan_arch.extras import require
+from elan_arch.utils.extras import require
 from elan_arch.onnx_backend import OnnxNetwork
 from helpers_inference import calibrated, photo, to_tensor
 from test_convert import no_temp_files, save_authors_checkpoint

@@ -1,12 +1,12 @@
-"""elan_arch.fileio.atomic_path: nothing half-written is left looking complete."""
+"""elan_arch.utils.fileio.atomic_path: nothing half-written is left looking complete."""
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from elan_arch.errors import ElanError
-from elan_arch.fileio import atomic_path
+from elan_arch.utils.errors import ElanError
+from elan_arch.utils.fileio import atomic_path
 
 
 def test_file_appears_only_on_success_and_existing_output_needs_overwrite(tmp_path):

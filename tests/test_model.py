@@ -18,7 +18,7 @@ from basicsr.data import build_dataloader, build_dataset
 from basicsr.metrics import calculate_psnr
 from basicsr.models import build_model
 from basicsr.utils import tensor2img
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 from elan_arch.inference import upscale_array
 from elan_arch.models.test_time import self_ensemble
 

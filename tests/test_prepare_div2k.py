@@ -14,7 +14,7 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from elan_arch.cli import main
 from elan_arch.data import check_lmdb_pair, prepare_benchmark, prepare_demo, prepare_div2k
 from elan_arch.data.subimages import crop_positions
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 from helpers_data import make_div2k, paired_lmdb_items, photo_like, reference_lr, write
 
 SKIMAGE_DATA = Path(skimage.__file__).parent / 'data'

@@ -12,7 +12,7 @@ import pytest
 import elan_arch  # noqa: F401
 from elan_arch.cli import main
 from elan_arch.data import ELANPairedImageDataset, check_lmdb_pair, prepare_benchmark, prepare_div2k
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 from helpers_data import leftovers, make_div2k, photo_like, write
 
 prepare_div2k_module = importlib.import_module('elan_arch.data.prepare_div2k')

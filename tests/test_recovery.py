@@ -160,7 +160,7 @@ def test_a_checkpoint_file_that_does_not_load_back_stops_the_save(tmp_path):
     from types import SimpleNamespace
 
     from elan_arch import train_patches
-    from elan_arch.errors import ElanError
+    from elan_arch.utils.errors import ElanError
 
     def save_network(model):
         (Path(model.opt['path']['models']) / 'net_g_8.pth').write_bytes(b'PK\x03\x04 cut short')

@@ -390,7 +390,7 @@ def test_alpha_follows_the_exif_orientation(tmp_path):
 
 
 def test_unsupported_channels_and_sample_types_are_named(tmp_path, monkeypatch):
-    from elan_arch.errors import ElanError
+    from elan_arch.utils.errors import ElanError
     from elan_arch.upscale_io import read_picture
 
     decoded = {'array': np.zeros((4, 4, 2), np.uint8)}

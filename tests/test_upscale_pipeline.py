@@ -8,7 +8,7 @@ from typing import Dict, List
 
 import pytest
 
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 from elan_arch.upscale_pipeline import run_pipeline
 
 WAIT = 10.0  # seconds a stage waits for the overlap it expects before giving up (only reached on failure)

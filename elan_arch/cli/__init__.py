@@ -11,7 +11,7 @@ import importlib
 import sys
 from typing import List, Optional
 
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 
 SUBCOMMANDS = ('convert', 'prepare', 'train', 'test', 'upscale', 'export', 'bench')
 
@@ -38,7 +38,7 @@ def run_command(prog: str, args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from elan_arch.allocator import tune_process
+    from elan_arch.utils.cpu_tuning import tune_process
 
     tune_process()
     return run_command('elan', build_parser().parse_args(argv))

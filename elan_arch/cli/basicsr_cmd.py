@@ -25,7 +25,7 @@ import sys
 from importlib.metadata import entry_points
 from typing import Any, Dict, List, Optional
 
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 
 PLUGIN_GROUP = 'basicsr.plugins'
 
@@ -169,7 +169,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from elan_arch.allocator import tune_process
+    from elan_arch.utils.cpu_tuning import tune_process
     from elan_arch.cli import run_command
 
     tune_process()

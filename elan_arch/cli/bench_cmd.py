@@ -23,7 +23,7 @@ import torch
 from elan_arch.archs import window_kernels
 from elan_arch.archs.elan_arch import pad_to_multiple
 from elan_arch.bench_train import interleaved_times, report_failure
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 
 #: ``--models`` keys -> table names; the order is the table's.
 MODELS: Dict[str, str] = {
@@ -280,7 +280,7 @@ def bar_chart(results: List[Result], title: str, path: Path) -> None:
 def run_training(args: argparse.Namespace, device, where: str) -> int:
     """``elan bench --train``: training-step table (and the loader's samples/s with ``--opt``)."""
     from elan_arch import bench_train
-    from elan_arch.fileio import atomic_path, check_output_free
+    from elan_arch.utils.fileio import atomic_path, check_output_free
 
     if args.batch < 1 or args.patch < 1:
         raise ElanError('--batch and --patch must be positive')
@@ -315,7 +315,7 @@ def run_training(args: argparse.Namespace, device, where: str) -> int:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from elan_arch.fileio import atomic_path, check_output_free
+    from elan_arch.utils.fileio import atomic_path, check_output_free
     from elan_arch.inference import select_device
 
     size = parse_size(args.size)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from elan_arch.checkpoint import load_checkpoint
     from elan_arch.export_onnx import export_onnx
-    from elan_arch.fileio import check_output_free
+    from elan_arch.utils.fileio import check_output_free
 
     if args.tolerance is not None and not args.tolerance >= 0:
         raise ElanError(f'--tolerance {args.tolerance}: must be >= 0')

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, List, Tuple
 
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -68,8 +68,8 @@ def plan_jobs(inp: Path, out: Path, force: bool) -> Tuple[List[Job], List[Path]]
         ElanError: missing input, empty folder, an output that is an input or exists
             without ``force``, or two inputs that would write the same output.
     """
-    from elan_arch.data.images import IMAGE_EXTENSIONS
-    from elan_arch.fileio import check_output_free
+    from elan_arch.utils.images import IMAGE_EXTENSIONS
+    from elan_arch.utils.fileio import check_output_free
 
     skipped: List[Path] = []
     if inp.is_file():
@@ -143,8 +143,8 @@ def _upscale(net, src: Path, rgb: np.ndarray, scale: int, multiple: int, args: a
 def _write(dst: Path, out: np.ndarray, force: bool) -> None:
     """Write ``out`` (as :func:`~elan_arch.upscale_io.upscale_picture` returns it) to ``dst`` as PNG, atomically;
     ElanError naming ``dst`` if the file system refuses."""
-    from elan_arch.data.images import write_png
-    from elan_arch.fileio import atomic_path
+    from elan_arch.utils.images import write_png
+    from elan_arch.utils.fileio import atomic_path
 
     try:
         with atomic_path(dst, overwrite=force) as tmp:

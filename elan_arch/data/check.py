@@ -17,8 +17,8 @@ import cv2
 import lmdb
 import numpy as np
 
-from elan_arch.errors import ElanError
-from elan_arch.fileio import PathLike
+from elan_arch.utils.errors import ElanError
+from elan_arch.utils.fileio import PathLike
 
 Shape = Tuple[int, int, int]
 MAKE_HINT = ('create it with `elan prepare div2k --input datasets/DIV2K` (DIV2K) or `elan prepare demo` '

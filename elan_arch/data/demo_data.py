@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Iterable, Tuple
 
-from elan_arch.errors import ElanError
-from elan_arch.fileio import PathLike, atomic_path
-from elan_arch.data.images import read_image, write_png
+from elan_arch.utils.errors import ElanError
+from elan_arch.utils.fileio import PathLike, atomic_path
+from elan_arch.utils.images import read_image, write_png
 from elan_arch.data.jobs import PrepareSummary
 from elan_arch.data.prepare_benchmark import prepare_benchmark
 from elan_arch.data.prepare_div2k import HR_FOLDER, prepare_div2k

@@ -12,7 +12,7 @@ from typing import Callable, Iterator, List, Sequence, TypeVar
 
 from tqdm import tqdm
 
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 
 T = TypeVar('T')
 R = TypeVar('R')

@@ -13,7 +13,7 @@ from typing import List
 import lmdb
 from tqdm import tqdm
 
-from elan_arch.data.images import PNG_COMPRESSION, png_shape
+from elan_arch.utils.images import PNG_COMPRESSION, png_shape
 
 _PAGE = 4096
 _COMMIT_BYTES = 256 * 2**20  # commit about every 256 MiB of values to bound the dirty-page memory

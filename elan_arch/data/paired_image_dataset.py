@@ -7,7 +7,7 @@ from typing import Any, Dict
 from basicsr.data.paired_image_dataset import PairedImageDataset
 from basicsr.utils.registry import DATASET_REGISTRY
 
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 from elan_arch.data.check import check_lmdb_pair
 
 _FOLDER_HINT = ('create it with `elan prepare benchmark --input <set folder>` (test sets), '

@@ -25,10 +25,10 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from elan_arch.errors import ElanError
-from elan_arch.fileio import PathLike, atomic_path, check_output_free
+from elan_arch.utils.errors import ElanError
+from elan_arch.utils.fileio import PathLike, atomic_path, check_output_free
 from elan_arch.data.check import check_lmdb_pair
-from elan_arch.data.images import PNG_COMPRESSION, check_key, list_images
+from elan_arch.utils.images import PNG_COMPRESSION, check_key, list_images
 from elan_arch.data.jobs import PrepareSummary, parallel_map, tree_bytes
 from elan_arch.data.lmdb_writer import write_lmdb
 from elan_arch.data.subimages import CropJob, extract_crops

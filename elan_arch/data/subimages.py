@@ -14,8 +14,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from elan_arch.errors import ElanError
-from elan_arch.data.images import bicubic_downscale, mod_crop, read_image, write_png
+from elan_arch.utils.errors import ElanError
+from elan_arch.utils.images import bicubic_downscale, mod_crop, read_image, write_png
 
 
 def crop_positions(length: int, crop_size: int, step: int) -> List[int]:

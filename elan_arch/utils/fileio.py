@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Union
 
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 
 PathLike = Union[str, os.PathLike]
 

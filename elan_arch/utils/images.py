@@ -12,7 +12,7 @@ from typing import List, Tuple
 import cv2
 import numpy as np
 
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 PNG_COMPRESSION = 1  # what basicsr.utils.lmdb_util writes into meta_info.txt (and its default)

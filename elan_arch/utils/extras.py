@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from elan_arch.errors import ElanError
+from elan_arch.utils.errors import ElanError
 
 
 def require(module: str, extra: str, feature: str) -> ModuleType:
