@@ -22,7 +22,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from elan_arch.archs.elan_arch import DIV2K_RGB_MEAN, ELAN, ELAN_VARIANTS
+from elan_arch.archs.elan_arch import ELAN, ELAN_VARIANTS
+from elan_arch.archs.elan_blocks import DIV2K_RGB_MEAN
 from elan_arch.checkpoint_formats import StateDict, read_checkpoint, write_safetensors
 from elan_arch.utils.errors import ElanError
 from elan_arch.utils.fileio import atomic_path

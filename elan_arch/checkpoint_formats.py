@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from elan_arch.archs.elan_arch import DIV2K_RGB_MEAN
+from elan_arch.archs.elan_blocks import DIV2K_RGB_MEAN
 from elan_arch.utils.errors import ElanError
 
 StateDict = Dict[str, Tensor]

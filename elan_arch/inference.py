@@ -140,7 +140,7 @@ def upscale_array(net: Callable[[Tensor], Tensor], img: np.ndarray, scale: int, 
     Returns:
         (H*scale, W*scale, C) array of ``out_dtype``.
     """
-    from elan_arch.archs.elan_arch import pad_to_multiple
+    from elan_arch.archs.elan_blocks import pad_to_multiple
 
     device, dtype = placement(net)
     x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]

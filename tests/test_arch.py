@@ -10,7 +10,8 @@ import torch.nn.functional as F
 import elan_arch  # noqa: F401  (registers ELAN, applies the basicsr compat shim)
 from basicsr.archs import build_network
 from basicsr.utils.registry import ARCH_REGISTRY
-from elan_arch.archs.elan_arch import ELAN_VARIANTS, GMSA, ShiftConv1x1, pad_to_multiple
+from elan_arch.archs.elan_arch import ELAN_VARIANTS
+from elan_arch.archs.elan_blocks import GMSA, ShiftConv1x1, pad_to_multiple
 from elan_spec import spec_forward, spec_shift, window_attention
 
 # Trainable parameters counted on the reference code (ELAN.md).

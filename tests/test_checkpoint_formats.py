@@ -18,7 +18,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import elan_arch  # noqa: F401  (before basicsr)
-from elan_arch.archs.elan_arch import DIV2K_RGB_MEAN, ELAN
+from elan_arch.archs.elan_arch import ELAN
+from elan_arch.archs.elan_blocks import DIV2K_RGB_MEAN
 from elan_arch.checkpoint import load_network_from_checkpoint
 from elan_arch.checkpoint_formats import read_checkpoint
 from elan_arch.cli import main

@@ -9,7 +9,7 @@ import elan_arch  # noqa: F401  (before basicsr)
 from elan_arch import ELAN, ELAN_VARIANTS
 from elan_arch.archs import elan_arch as arch_module
 from elan_arch.archs import elan_fast, window_ops
-from elan_arch.archs.elan_arch import window_partition
+from elan_arch.archs.elan_blocks import window_partition
 from helpers_inference import calibrated, photo, to_tensor
 
 SMALL = dict(c_elan=15, m_elan=4, n_share=1, r_expand=2, window_sizes=[2, 4, 8])

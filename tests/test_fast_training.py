@@ -250,7 +250,7 @@ def test_option_file_switch_builds_the_reference_arithmetic():
 def test_shift_backward_is_the_adjoint_shift():
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(2, 12, 5, 7, generator=gen, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
-    kernel = elan_arch.archs.elan_arch.shift_kernel(12).double()
+    kernel = elan_arch.archs.elan_blocks.shift_kernel(12).double()
     x.requires_grad_()
     y = fast_ops.Shift.apply(x, kernel)
     g = torch.randn(y.shape, generator=gen, dtype=torch.float64)

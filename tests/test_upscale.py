@@ -267,8 +267,8 @@ def test_fused_attention_option(tmp_path, weights, capsys, monkeypatch):
     src = tmp_path / 'a.png'
     cv2.imwrite(str(src), bgr(photo(20, 27)))
     calls = []
-    original = window_kernels.window_attention
-    monkeypatch.setattr(window_kernels, 'window_attention', lambda *a: calls.append(1) or original(*a))
+    original = window_kernels.fused_window_attention
+    monkeypatch.setattr(window_kernels, 'fused_window_attention', lambda *a: calls.append(1) or original(*a))
     args = ['upscale', '-i', str(src), '--weights', str(weights), '--device', 'cpu', '--quiet']
     assert main(args + ['-o', str(tmp_path / 'plain.png')]) == 0 and calls == []
     if not window_kernels.interpreting():

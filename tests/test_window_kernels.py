@@ -99,9 +99,9 @@ def test_kernels_in_half_precision(device, dtype):
 def kernel_calls() -> Iterator[List[torch.dtype]]:
     """The dtype of the values of every call of the fused kernels' entry point inside the block."""
     calls: List[torch.dtype] = []
-    original = window_kernels.window_attention
+    original = window_kernels.fused_window_attention
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(window_kernels, 'window_attention', lambda q, v, *a: calls.append(v.dtype) or original(q, v, *a))
+        patch.setattr(window_kernels, 'fused_window_attention', lambda q, v, *a: calls.append(v.dtype) or original(q, v, *a))
         yield calls
 
 

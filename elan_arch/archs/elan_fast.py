@@ -22,17 +22,15 @@ parameter count and checkpoints are those of the module tree.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from elan_arch.archs import window_kernels
+from elan_arch.archs.elan_blocks import ELAB, GMSA, LFE
 from elan_arch.archs.fast_ops import linear, linear_batchnorm, pixel_map, pixel_rows, shift
 from elan_arch.archs.window_ops import AttentionState, gmsa_attention, window_order
-
-if TYPE_CHECKING:  # the arch module imports this one
-    from elan_arch.archs.elan_arch import ELAB, ELAN, GMSA, LFE
 
 
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[Tensor, Tensor]:
@@ -92,7 +90,7 @@ def elab(m: ELAB, x: Tensor, fused: bool) -> Tensor:
     return x
 
 
-def forward_padded(net: ELAN, x: Tensor) -> Tensor:
+def forward_padded(net: nn.Module, x: Tensor) -> Tensor:
     """The body of :meth:`ELAN.forward` on an input already padded to ``net.pad_multiple``.
 
     Shape: (B, colors, H, W) in [0, 1] -> (B, colors, H*scale, W*scale), contiguous.

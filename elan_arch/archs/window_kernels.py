@@ -289,7 +289,7 @@ class _WindowAttention(torch.autograd.Function):
         return grad_q, grad_v, None, None
 
 
-def window_attention(q_source: Tensor, v_source: Tensor, orders: Sequence[Tensor],
+def fused_window_attention(q_source: Tensor, v_source: Tensor, orders: Sequence[Tensor],
                      groups: Sequence[Group]) -> Tensor:
     """``softmax(q q^T) v`` in every window of every group, fused (see the module docstring).
 

@@ -245,7 +245,7 @@ def gmsa_attention(proj: Tensor, orders: List[Tensor], window_sizes: Sequence[in
         groups = window_kernels.gmsa_groups(window_sizes, split, computing=shared is None)
         q_source = proj if shared is None else shared
         assert isinstance(q_source, Tensor), 'a fused sharing GMSA needs a fused computing GMSA'
-        return window_kernels.window_attention(q_source, proj, orders, groups), q_source
+        return window_kernels.fused_window_attention(q_source, proj, orders, groups), q_source
     outputs, states = [], []
     for idx, (ws, tokens) in enumerate(zip(window_sizes, pixels_to_windows(proj, orders, list(split)))):
         tokens = tokens.view(-1, ws * ws, tokens.shape[-1])

@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from elan_arch.archs import window_kernels
-from elan_arch.archs.elan_arch import pad_to_multiple
+from elan_arch.archs.elan_blocks import pad_to_multiple
 from elan_arch.bench_train import interleaved_times, report_failure
 from elan_arch.utils.errors import ElanError
 
