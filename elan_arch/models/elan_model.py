@@ -15,7 +15,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 
 from elan_arch.utils.errors import ElanError
 from elan_arch.utils.fileio import atomic_path
-from elan_arch.models.test_time import self_ensemble, tiled_upscale
+from elan_arch.models.eval_modes import self_ensemble, tiled_upscale
 
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 

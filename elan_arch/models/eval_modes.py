@@ -1,4 +1,4 @@
-"""Test-time helpers of :class:`~elan_arch.models.elan_model.ELANModel`: tiled inference (through
+"""Validation and test modes of :class:`~elan_arch.models.elan_model.ELANModel`: tiled inference (through
 :func:`elan_arch.inference.upscale_array`) and the x8 self-ensemble, on BasicSR's (B, C, h, w) tensors."""
 from __future__ import annotations
 
