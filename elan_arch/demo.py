@@ -130,8 +130,8 @@ def ensure_demo_data(root: Path) -> None:
     """Build the demo dataset at ``root`` if it is missing, or rebuild it if ``elan prepare demo`` made it
     from another list of photos (its ``SOURCES.txt`` differs from today's); a folder without ``SOURCES.txt``
     is someone's own data and is used as it is."""
-    from elan_arch.data import prepare_demo
-    from elan_arch.data.demo_data import demo_sources
+    from elan_arch.prepare import prepare_demo
+    from elan_arch.prepare.demo_data import demo_sources
 
     sources = root / 'SOURCES.txt'
     if not root.exists():

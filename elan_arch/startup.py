@@ -7,7 +7,7 @@ that fails on a missing dataroot, an LMDB of another scale or an option value le
 
 * :func:`check_options` runs before any folder is made (``basicsr.train.load_resume_state`` is the
   last call before them): option values, every dataset's files (LMDB pairs with
-  :func:`elan_arch.data.check.check_lmdb_pair`) and, after the resume state is chosen,
+  :func:`elan_arch.data.lmdb_check.check_lmdb_pair`) and, after the resume state is chosen,
   :func:`check_pretrained` for the pretrained networks.
 * :func:`make_run_folder` replaces basicsr's ``mkdir_and_rename``: it records what it made and
   archived, so that :func:`after_failure` can remove the folders of a start that fails before the

@@ -60,7 +60,7 @@ def seconds_per_iteration(log: str, warmup: int) -> Optional[Tuple[float, float]
 def prepare_data(root: Path, demo: Path) -> Tuple[Path, Path]:
     """The x4 LMDB pair of 480-pixel crops of the demo photos under ``root`` (built once)."""
     import elan_arch  # noqa: F401  (before basicsr)
-    from elan_arch.data import prepare_div2k
+    from elan_arch.prepare import prepare_div2k
     from elan_arch.demo import ensure_demo_data
 
     ensure_demo_data(demo)

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from elan_arch.data import prepare_demo
+from elan_arch.prepare import prepare_demo
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_OPT = str(REPO / 'options' / 'train_ELAN_light_x4_demo.yml')

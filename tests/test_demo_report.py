@@ -128,7 +128,7 @@ def test_demo_commands_wait_passively_only_on_a_busy_cpu(monkeypatch, busy):
 
 def test_demo_data_is_built_when_missing_and_rebuilt_when_made_from_another_photo_list(tmp_path, monkeypatch):
     import elan_arch.data
-    from elan_arch.data.demo_data import TRAIN_PHOTOS, demo_sources
+    from elan_arch.prepare.demo_data import TRAIN_PHOTOS, demo_sources
     from elan_arch.demo import ensure_demo_data
 
     calls = []

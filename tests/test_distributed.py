@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from elan_arch import train_patches
-from elan_arch.data import prepare_demo
+from elan_arch.prepare import prepare_demo
 from elan_arch.utils.errors import ElanError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,8 +12,9 @@ import skimage
 import elan_arch  # noqa: F401
 from basicsr.utils.registry import DATASET_REGISTRY
 from elan_arch.cli import main
-from elan_arch.data import check_lmdb_pair, prepare_benchmark, prepare_demo, prepare_div2k
-from elan_arch.data.subimages import crop_positions
+from elan_arch.data import check_lmdb_pair
+from elan_arch.prepare import prepare_benchmark, prepare_demo, prepare_div2k
+from elan_arch.prepare.subimages import crop_positions
 from elan_arch.utils.errors import ElanError
 from helpers_data import make_div2k, paired_lmdb_items, photo_like, reference_lr, write
 

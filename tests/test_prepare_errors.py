@@ -11,11 +11,12 @@ import pytest
 
 import elan_arch  # noqa: F401
 from elan_arch.cli import main
-from elan_arch.data import ELANPairedImageDataset, check_lmdb_pair, prepare_benchmark, prepare_div2k
+from elan_arch.data import ELANPairedImageDataset, check_lmdb_pair
+from elan_arch.prepare import prepare_benchmark, prepare_div2k
 from elan_arch.utils.errors import ElanError
 from helpers_data import leftovers, make_div2k, photo_like, write
 
-prepare_div2k_module = importlib.import_module('elan_arch.data.prepare_div2k')
+prepare_div2k_module = importlib.import_module('elan_arch.prepare.div2k')
 
 OUTPUTS = ('DIV2K_train_HR_sub.lmdb', 'DIV2K_train_LR_bicubic_X2_sub.lmdb', 'DIV2K_train_LR_bicubic_X4_sub.lmdb',
            'DIV2K_train_HR_sub', 'X2_sub', 'X4_sub', 'GTmod12', 'LRbicx2', 'LRbicx4')

@@ -65,19 +65,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from elan_arch import data
+    from elan_arch import prepare
+    from elan_arch.data import check_lmdb_pair
 
     if args.what == 'check':
-        result = data.check_lmdb_pair(args.gt, args.lq, args.scale)
+        result = check_lmdb_pair(args.gt, args.lq, args.scale)
         print(f'ok: {result.pairs} pairs, GT {result.gt_shape} / LQ {result.lq_shape} at x{result.scale}')
         return 0
     common = dict(scales=args.scales, workers=args.workers, force=args.force, progress=not args.quiet)
     if args.what == 'div2k':
-        summary = data.prepare_div2k(args.input, args.output, crop_size=args.crop_size, step=args.step,
-                                     keep_subimages=args.keep_subimages, **common)
+        summary = prepare.prepare_div2k(args.input, args.output, crop_size=args.crop_size, step=args.step,
+                                        keep_subimages=args.keep_subimages, **common)
     elif args.what == 'benchmark':
-        summary = data.prepare_benchmark(args.input, args.output, **common)
+        summary = prepare.prepare_benchmark(args.input, args.output, **common)
     else:
-        summary = data.prepare_demo(args.root, **common)
+        summary = prepare.prepare_demo(args.root, **common)
     print(summary)
     return 0

@@ -1,13 +1,15 @@
-"""Datasets: preparation tools (``elan prepare``) and ``ELANPairedImageDataset``.
+"""Datasets for training; importing this package registers ``ELANPairedImageDataset`` in BasicSR's
+``DATASET_REGISTRY``.
 
-Importing this package registers ``ELANPairedImageDataset`` in BasicSR's ``DATASET_REGISTRY``.
+* :mod:`~elan_arch.data.paired_image_dataset`: :class:`ELANPairedImageDataset`, BasicSR's
+  ``PairedImageDataset`` with the up-front data check;
+* :mod:`~elan_arch.data.lmdb_check`: that check of an LMDB GT/LQ pair (also ``elan prepare check``);
+* :mod:`~elan_arch.data.sampler`: the resumable, seeded sampler the ``basicsr`` command trains with.
+
+Making the data (DIV2K, benchmark sets, the demo set into LMDB) is offline work, in
+:mod:`elan_arch.prepare`, which ``import elan_arch`` does not load.
 """
-from elan_arch.data.check import LmdbPairSummary, check_lmdb_pair
-from elan_arch.data.demo_data import prepare_demo
-from elan_arch.data.jobs import PrepareSummary
+from elan_arch.data.lmdb_check import LmdbPairSummary, check_lmdb_pair
 from elan_arch.data.paired_image_dataset import ELANPairedImageDataset
-from elan_arch.data.prepare_benchmark import prepare_benchmark
-from elan_arch.data.prepare_div2k import prepare_div2k
 
-__all__ = ['ELANPairedImageDataset', 'LmdbPairSummary', 'PrepareSummary', 'check_lmdb_pair', 'prepare_benchmark',
-           'prepare_demo', 'prepare_div2k']
+__all__ = ['ELANPairedImageDataset', 'LmdbPairSummary', 'check_lmdb_pair']

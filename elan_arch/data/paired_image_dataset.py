@@ -8,7 +8,7 @@ from basicsr.data.paired_image_dataset import PairedImageDataset
 from basicsr.utils.registry import DATASET_REGISTRY
 
 from elan_arch.utils.errors import ElanError
-from elan_arch.data.check import check_lmdb_pair
+from elan_arch.data.lmdb_check import check_lmdb_pair
 
 _FOLDER_HINT = ('create it with `elan prepare benchmark --input <set folder>` (test sets), '
                 '`elan prepare div2k --input datasets/DIV2K` or `elan prepare demo`')

@@ -19,9 +19,9 @@ from typing import Iterable, Tuple
 from elan_arch.utils.errors import ElanError
 from elan_arch.utils.fileio import PathLike, atomic_path
 from elan_arch.utils.images import read_image, write_png
-from elan_arch.data.jobs import PrepareSummary
-from elan_arch.data.prepare_benchmark import prepare_benchmark
-from elan_arch.data.prepare_div2k import HR_FOLDER, prepare_div2k
+from elan_arch.prepare.jobs import PrepareSummary
+from elan_arch.prepare.benchmark import prepare_benchmark
+from elan_arch.prepare.div2k import HR_FOLDER, prepare_div2k
 
 # Photographs shipped inside scikit-image's wheel (public domain or CC0; see skimage/data/README). Training:
 # everyday scenes and natural textures (the grey ones are read as 3 equal channels; PSNR is measured on Y).

@@ -27,11 +27,11 @@ import numpy as np
 
 from elan_arch.utils.errors import ElanError
 from elan_arch.utils.fileio import PathLike, atomic_path, check_output_free
-from elan_arch.data.check import check_lmdb_pair
+from elan_arch.data.lmdb_check import check_lmdb_pair
 from elan_arch.utils.images import PNG_COMPRESSION, check_key, list_images
-from elan_arch.data.jobs import PrepareSummary, parallel_map, tree_bytes
-from elan_arch.data.lmdb_writer import write_lmdb
-from elan_arch.data.subimages import CropJob, extract_crops
+from elan_arch.prepare.jobs import PrepareSummary, parallel_map, tree_bytes
+from elan_arch.prepare.lmdb_writer import write_lmdb
+from elan_arch.prepare.subimages import CropJob, extract_crops
 
 HR_FOLDER = 'DIV2K_train_HR'
 LR_FOLDER = 'DIV2K_train_LR_bicubic'

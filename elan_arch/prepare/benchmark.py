@@ -24,9 +24,9 @@ import numpy as np
 from elan_arch.utils.errors import ElanError
 from elan_arch.utils.fileio import PathLike, atomic_path, check_output_free
 from elan_arch.utils.images import PNG_COMPRESSION, bicubic_downscale, list_images, mod_crop, read_image, write_png
-from elan_arch.data.jobs import PrepareSummary, parallel_map, tree_bytes
-from elan_arch.data.prepare_div2k import check_scales
-from elan_arch.data.subimages import CropResult
+from elan_arch.prepare.jobs import PrepareSummary, parallel_map, tree_bytes
+from elan_arch.prepare.div2k import check_scales
+from elan_arch.prepare.subimages import CropResult
 
 
 @dataclass(frozen=True)
