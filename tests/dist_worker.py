@@ -15,7 +15,7 @@ import torch
 
 import elan_arch  # noqa: F401  (before basicsr)
 import basicsr.train
-from elan_arch import train_patches
+from elan_arch.training import basicsr_fixes
 from elan_arch.cli import basicsr_cmd
 
 
@@ -36,7 +36,7 @@ def _killed_at(model, rank: int, iteration: int, how: str):
 
 if __name__ == '__main__':
     out, argv = sys.argv[1], sys.argv[2:]
-    train_patches.apply()  # idempotent; wrap build_model after the command's own wrappers
+    basicsr_fixes.apply()  # idempotent; wrap build_model after the command's own wrappers
     models = []
     build = basicsr.train.build_model
     basicsr.train.build_model = lambda opt: models.append(build(opt)) or models[-1]

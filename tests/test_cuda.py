@@ -147,7 +147,7 @@ def test_torchrun_uses_nccl_on_cuda(workdir):
     log = run(['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=1', '-m', 'elan_arch.cli.basicsr_cmd',
                'train', '-opt', TRAIN_OPT, '--launcher', 'pytorch', '--force_yml', *SMALL, 'name=cuda_ddp',
                'train:total_iter=4'], workdir)
-    # basicsr asks for NCCL; the CPU fallback to gloo (train_patches) must not have happened
+    # basicsr asks for NCCL; the CPU fallback to gloo (training/basicsr_fixes.py) must not have happened
     assert 'gloo backend' not in log and re.search(r'World size \(gpu number\): 1', log)
     assert re.search(r'iter:\s+4,', log)
     assert (workdir / 'experiments' / 'cuda_ddp' / 'models' / 'net_g_4.pth').is_file()

@@ -1,5 +1,5 @@
 """Distributed training on CPU: ``torchrun --nproc_per_node=2 ... --launcher pytorch`` with gloo, and the
-launcher fixes of :mod:`elan_arch.train_patches` (torchrun environment, Slurm environment)."""
+launcher fixes of :mod:`elan_arch.training.basicsr_fixes` (torchrun environment, Slurm environment)."""
 from __future__ import annotations
 
 import os
@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from elan_arch import train_patches
+from elan_arch.training import basicsr_fixes
 from elan_arch.prepare import prepare_demo
 from elan_arch.utils.errors import ElanError
 
@@ -72,7 +72,7 @@ def clean_dist_env(monkeypatch):
 
 def test_pytorch_launcher_without_torchrun_names_torchrun(clean_dist_env):
     with pytest.raises(ElanError, match='RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT not set.*torchrun'):
-        train_patches.init_dist_pytorch()
+        basicsr_fixes.init_dist_pytorch()
 
 
 def test_slurm_launcher_on_cpu(clean_dist_env, tmp_path):
@@ -85,7 +85,7 @@ def test_slurm_launcher_on_cpu(clean_dist_env, tmp_path):
         clean_dist_env.setenv(var, value)
     if torch.cuda.is_available():
         pytest.skip('checks the CPU fallback')
-    train_patches.init_dist_slurm(backend='nccl', port=29731)
+    basicsr_fixes.init_dist_slurm(backend='nccl', port=29731)
     assert dist.is_initialized() and dist.get_backend() == 'gloo'
     assert (dist.get_rank(), dist.get_world_size()) == (0, 1)
     assert {var: os.environ[var] for var in TORCH_DIST_VARS} == {
@@ -94,13 +94,13 @@ def test_slurm_launcher_on_cpu(clean_dist_env, tmp_path):
 
 def test_slurm_environment_needs_slurm_variables():
     with pytest.raises(ElanError, match='SLURM_PROCID is not set.*srun'):
-        train_patches.slurm_environment({})
+        basicsr_fixes.slurm_environment({})
     with pytest.raises(ElanError, match='neither MASTER_PORT nor SLURM_JOB_ID is set'):
-        train_patches.slurm_environment(dict(SLURM_PROCID='0', SLURM_NTASKS='2', SLURM_NODELIST='n1'))
+        basicsr_fixes.slurm_environment(dict(SLURM_PROCID='0', SLURM_NTASKS='2', SLURM_NODELIST='n1'))
 
 
 def test_slurm_port_differs_between_jobs_and_avoids_the_ephemeral_range():
-    ports = [train_patches.slurm_port({'SLURM_JOB_ID': str(job)}) for job in (4711, 4712, 123456)]
+    ports = [basicsr_fixes.slurm_port({'SLURM_JOB_ID': str(job)}) for job in (4711, 4712, 123456)]
     assert ports == [14711, 14712, 13456]  # 10000 + id % 20000, never basicsr's 29500 for every job
 
 

@@ -2,7 +2,7 @@
 as two nodes (identical weights, only rank 0's machine writes), a worker killed with SIGKILL mid-run in a
 2-process group (it restarts, resumes and ends with the weights of the uninterrupted two-node run: the same
 two ranks), SIGTERM to torchrun's agent (pre-emption: a state that a rerun continues), and the start-up of
-:mod:`elan_arch.elastic` (a stale post of a dead attempt, a peer that never comes)."""
+:mod:`elan_arch.training.elastic` (a stale post of a dead attempt, a peer that never comes)."""
 from __future__ import annotations
 
 import os
@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from elan_arch import elastic
+from elan_arch.training import elastic
 from elan_arch.utils.errors import ElanError
 from helpers_train import TEST_ENV, TINY, demo_root, frozen_option, same_parameters, worker_command
 

@@ -159,7 +159,7 @@ def test_a_checkpoint_file_that_does_not_load_back_stops_the_save(tmp_path):
     """A full disk: basicsr's ``save_network`` only warns when ``torch.save`` fails and leaves the file truncated."""
     from types import SimpleNamespace
 
-    from elan_arch import train_patches
+    from elan_arch.training import basicsr_fixes
     from elan_arch.utils.errors import ElanError
 
     def save_network(model):
@@ -167,5 +167,5 @@ def test_a_checkpoint_file_that_does_not_load_back_stops_the_save(tmp_path):
 
     model = SimpleNamespace(opt={'rank': 0, 'path': {'models': str(tmp_path / 'models')}})
     with pytest.raises(ElanError, match=r'could not write .*/models/net_g_8.pth \(does not load.*disk full'):
-        train_patches._saved_atomically(save_network, 'models')(model)
+        basicsr_fixes._saved_atomically(save_network, 'models')(model)
     assert list((tmp_path / 'models').iterdir()) == [] and model.opt['path']['models'] == str(tmp_path / 'models')

@@ -6,10 +6,10 @@ its root (experiments/, results/ and tb_logger/ land there). This command:
 1. imports every module of the ``basicsr.plugins`` entry-point group (this package is one),
    so an option file can name archs, models and datasets of several plugins;
 2. checks the option file (exists, is YAML, names registered types);
-3. applies :mod:`elan_arch.train_patches` (CPU/gloo distributed, elastic restarts, resume past
+3. applies :mod:`elan_arch.training.basicsr_fixes` (CPU/gloo distributed, elastic restarts, resume past
    damaged checkpoints, exact resume, atomic checkpoints) and, for training,
-   :mod:`elan_arch.interrupt` (SIGINT/SIGTERM save a state; the command that resumes is printed
-   once, in the form that was running: basicsr, torchrun or srun) and :mod:`elan_arch.startup`
+   :mod:`elan_arch.training.interrupt` (SIGINT/SIGTERM save a state; the command that resumes is printed
+   once, in the form that was running: basicsr, torchrun or srun) and :mod:`elan_arch.training.startup`
    (a start that fails leaves no folders behind, and the error goes into the log if one is left);
 4. hands over to ``basicsr.train.train_pipeline`` / ``basicsr.test.test_pipeline`` with the
    current directory as the root, with basicsr's own argument parser seeing the same options.
@@ -129,10 +129,10 @@ def user_argv(args: argparse.Namespace) -> List[str]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    """basicsr's training pipeline with signals handled and a failed start undone (:mod:`elan_arch.startup`)."""
+    """basicsr's training pipeline with signals handled and a failed start undone (:mod:`elan_arch.training.startup`)."""
     from basicsr.train import train_pipeline
 
-    from elan_arch import elastic, interrupt, startup
+    from elan_arch.training import elastic, interrupt, startup
 
     try:
         with interrupt.stop_on_signals():
@@ -152,9 +152,9 @@ def run_pipeline(args: argparse.Namespace) -> int:
     """Run ``args.phase`` ('train' or 'test') with basicsr's pipeline; return the exit code."""
     plugins = load_plugins()
     check_option_file(args.opt, plugins, [entry.split('=')[0].strip() for entry in args.force_yml or []])
-    from elan_arch import train_patches
+    from elan_arch.training import basicsr_fixes
 
-    train_patches.apply()
+    basicsr_fixes.apply()
     saved_argv = sys.argv
     sys.argv = [f'basicsr {args.phase}', *pipeline_argv(args)]
     try:

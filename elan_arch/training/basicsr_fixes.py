@@ -20,19 +20,19 @@ behaviour wherever basicsr works and only changes the case it gets wrong
   picks. Now written in a hidden temporary folder and renamed into place.
 - ``train.load_resume_state`` (the last call before basicsr makes the run's folders): maps the
   state to ``cuda.current_device()`` (fails without CUDA) and dies on a damaged state. Replaced by
-  :func:`load_resume_state`: the checks of :mod:`elan_arch.startup`, then :mod:`elan_arch.resume`
+  :func:`load_resume_state`: the checks of :mod:`elan_arch.training.startup`, then :mod:`elan_arch.training.resume`
   (newest intact checkpoint, damaged ones moved aside, implied on torchrun restarts).
 - ``utils.misc.mkdir_and_rename`` (also ``train.mkdir_and_rename``): replaced by
-  :func:`elan_arch.startup.make_run_folder` (undone when the start fails; reused on restarts).
+  :func:`elan_arch.training.startup.make_run_folder` (undone when the start fails; reused on restarts).
 - ``models.base_model.BaseModel.resume_training``: the saved scheduler overrode the schedule of the
-  options; wrapped by :func:`elan_arch.resume.schedule_from_options`.
+  options; wrapped by :func:`elan_arch.training.resume.schedule_from_options`.
 - ``train.EnlargedSampler`` and ``train.build_dataloader`` / ``train.create_train_val_dataloader``:
   :class:`elan_arch.data.sampler.ResumableSampler` and :class:`~elan_arch.data.sampler.SeededDataset`
   for the training set (basicsr's batch order; augmentation seeded per sample; a resumed run
   continues the interrupted epoch where it stopped).
 - ``train.create_train_val_dataloader``, ``train.build_model``, ``data.worker_init_fn``:
   wrapped, results unchanged, so that SIGINT/SIGTERM save a resumable state
-  (:mod:`elan_arch.interrupt`).
+  (:mod:`elan_arch.training.interrupt`).
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
-from elan_arch import elastic, resume, startup
+from elan_arch.training import elastic, notes, resume, startup
 from elan_arch.data.sampler import ResumableSampler, SeededDataset, resume_position
 from elan_arch.utils.errors import ElanError
 
@@ -160,10 +160,10 @@ def _saved_atomically(method: Callable, path_key: str) -> Callable:
 
 def load_resume_state(opt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     """Replacement of ``basicsr.train.load_resume_state``: :func:`startup.check_options`, the state of
-    :func:`resume.load_resume_state`, then :func:`startup.check_pretrained` (all before any folder exists)."""
+    :func:`resume.choose_resume_state`, then :func:`startup.check_pretrained` (all before any folder exists)."""
     startup.check_options(opt)
-    state = resume.load_resume_state(opt)
-    verified = resume.checkpoint(opt, state['iter']).networks.values() if state else ()
+    state = resume.choose_resume_state(opt)
+    verified = resume.saved_iteration(opt, state['iter']).networks.values() if state else ()
     startup.check_pretrained(opt, verified)
     return state
 
@@ -187,14 +187,14 @@ def resumable_loaders(create_loaders: Callable) -> Callable:
 
     @functools.wraps(create_loaders)
     def wrapper(opt: Dict[str, Any], logger: Any) -> Any:
-        startup.write_pending_notes()
+        notes.write_pending_notes()
         result = create_loaders(opt, logger)
         loader, sampler = result[0], result[1]
         if isinstance(sampler, ResumableSampler):
             at = resume.resumed_at()
             position = None if at is None else resume_position(*at, len(loader))
             if at is not None and position is None:
-                startup.note(f'the state of iteration {at[1]} (epoch {at[0]}) does not fit {len(loader)} iterations '
+                notes.note(f'the state of iteration {at[1]} (epoch {at[0]}) does not fit {len(loader)} iterations '
                              'per epoch (another batch size or world size?): epoch restarts from its first batch')
             sampler.configure(opt['manual_seed'], loader.batch_size, position)
         return result
@@ -212,7 +212,7 @@ def apply() -> None:
     import basicsr.utils.misc as misc
     from basicsr.models.base_model import BaseModel
 
-    from elan_arch import interrupt
+    from elan_arch.training import interrupt
 
     _ORIGINALS.update(model_to_device=BaseModel.model_to_device)
     dist_util._init_dist_pytorch = init_dist_pytorch

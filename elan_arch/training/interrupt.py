@@ -10,7 +10,7 @@ second SIGINT stops at once (``KeyboardInterrupt``). Under ``dist`` all ranks ag
 every iteration (one all-reduce of one number), so they stop at the same iteration, and wait
 for rank 0 to finish saving before they exit.
 
-The hooks wrap two functions of ``basicsr.train`` (see :mod:`elan_arch.train_patches`):
+The hooks wrap two functions of ``basicsr.train`` (see :mod:`elan_arch.training.basicsr_fixes`):
 ``create_train_val_dataloader`` (to know the epoch, which the resume state records) and
 ``build_model`` (to check the flag after each ``optimize_parameters``), and
 ``basicsr.data.worker_init_fn`` (DataLoader workers leave the signals to the main process).

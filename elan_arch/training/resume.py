@@ -1,7 +1,7 @@
 """Which state a training run resumes from, and what a resumed run takes from its options.
 
-:func:`load_resume_state` replaces ``basicsr.train.load_resume_state`` (see
-:mod:`elan_arch.train_patches`):
+:func:`choose_resume_state` is what the ``basicsr`` command's replacement of
+``basicsr.train.load_resume_state`` (:func:`elan_arch.training.basicsr_fixes.load_resume_state`) resumes from:
 
 * ``--auto_resume`` takes the newest ``training_states/<iter>.state`` whose state *and* network
   files (``models/net_<name>_<iter>.pth``) all load. A damaged checkpoint (truncated by a full disk
@@ -33,9 +33,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from elan_arch import elastic
+from elan_arch.training import elastic
 from elan_arch.utils.errors import ElanError
-from elan_arch.startup import note
+from elan_arch.training.notes import note
 
 DAMAGED_SUFFIX = '.damaged'
 # Scheduler state entries that record progress; every other entry is the schedule's shape.
@@ -45,7 +45,7 @@ _RESUMED: Dict[str, Optional[Tuple[int, int]]] = {'at': None}
 
 
 @dataclass(frozen=True)
-class Checkpoint:
+class SavedIteration:
     """The files of one saved iteration: ``<iter>.state`` and ``{pretrain_network_<name>: net_<name>_<iter>.pth}``."""
 
     iteration: int
@@ -57,13 +57,13 @@ class Checkpoint:
         return [self.state, *self.networks.values()]
 
 
-def checkpoint(opt: Dict[str, Any], iteration: int, state: Optional[str] = None) -> Checkpoint:
+def saved_iteration(opt: Dict[str, Any], iteration: int, state: Optional[str] = None) -> SavedIteration:
     """The files that resuming at ``iteration`` reads (the networks as basicsr's ``check_resume`` names them)."""
     ignored = opt['path'].get('ignore_resume_networks') or []
     networks = {f'pretrain_{key}': osp.join(opt['path']['models'], f'net_{key[len("network_"):]}_{iteration}.pth')
                 for key in opt if key.startswith('network_') and key not in ignored}
     state = state or osp.join(opt['path']['training_states'], f'{iteration}.state')
-    return Checkpoint(iteration, state, networks)
+    return SavedIteration(iteration, state, networks)
 
 
 def read(path: str) -> Tuple[Any, Optional[str]]:
@@ -85,12 +85,12 @@ def read_state(path: str) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
     return state, why
 
 
-def network_problems(ckpt: Checkpoint) -> List[str]:
+def network_problems(ckpt: SavedIteration) -> List[str]:
     """``'<file>: <why>'`` for each network file of ``ckpt`` that is missing or does not load."""
     return [f'{path}: {why}' for path in ckpt.networks.values() for why in [read(path)[1]] if why]
 
 
-def move_aside(ckpt: Checkpoint) -> List[str]:
+def move_aside(ckpt: SavedIteration) -> List[str]:
     """Rename the existing files of ``ckpt`` to ``<file>.damaged`` (``.damaged.1``, ... if taken); the new names."""
     moved = []
     for path in ckpt.files:
@@ -115,7 +115,7 @@ def _saved_iterations(folder: str) -> List[int]:
 def newest_intact(opt: Dict[str, Any]) -> Optional[int]:
     """The newest iteration whose checkpoint loads; damaged newer ones are moved aside with a warning."""
     for iteration in _saved_iterations(opt['path']['training_states']):
-        ckpt = checkpoint(opt, iteration)
+        ckpt = saved_iteration(opt, iteration)
         why = read_state(ckpt.state)[1]
         found = [f'{ckpt.state}: {why}'] if why else network_problems(ckpt)
         if not found:
@@ -135,8 +135,8 @@ def _auto_resume_iteration(opt: Dict[str, Any]) -> Optional[int]:
     return choice[0]
 
 
-def load_resume_state(opt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    """Replacement of ``basicsr.train.load_resume_state`` (see the module docstring)."""
+def choose_resume_state(opt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The state to resume from (or None), its checkpoint checked to load (see the module docstring)."""
     from basicsr.utils import check_resume
 
     if not opt['auto_resume'] and elastic.group_restarted():
@@ -145,11 +145,11 @@ def load_resume_state(opt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
              '(--auto_resume implied)')
     if opt['auto_resume']:
         iteration = _auto_resume_iteration(opt)
-        ckpt = None if iteration is None else checkpoint(opt, iteration)
+        ckpt = None if iteration is None else saved_iteration(opt, iteration)
     elif opt['path'].get('resume_state'):
         path = opt['path']['resume_state']
         state, why = read_state(path)
-        ckpt = checkpoint(opt, state['iter'] if state else -1, path)
+        ckpt = saved_iteration(opt, state['iter'] if state else -1, path)
         found = [f'{path}: {why}'] if why else network_problems(ckpt)
         if found:
             raise ElanError(f'path.resume_state: cannot resume from {path} ({"; ".join(found)}); point it at an '

@@ -3,7 +3,7 @@
 basicsr 1.4.2 creates ``experiments/<name>/`` (renaming an existing one to
 ``<name>_archived_<time>``) and ``tb_logger/<name>/`` first and only then reads its data, so a run
 that fails on a missing dataroot, an LMDB of another scale or an option value leaves empty folders
-(and an archive per retry) and a log without the error. With :mod:`elan_arch.train_patches`:
+(and an archive per retry) and a log without the error. With :mod:`elan_arch.training.basicsr_fixes`:
 
 * :func:`check_options` runs before any folder is made (``basicsr.train.load_resume_state`` is the
   last call before them): option values, every dataset's files (LMDB pairs with
@@ -13,57 +13,22 @@ that fails on a missing dataroot, an LMDB of another scale or an option value le
   archived, so that :func:`after_failure` can remove the folders of a start that fails before the
   first iteration and restore the archive; the run is then as if never started. A restarted torchrun
   group reuses its folders instead of archiving them.
-* :func:`note` reports a warning in one line: on the console at once (rank 0), and in the run's log
-  once the log exists. :func:`after_failure` also writes the error into the log if one is left.
+* :func:`after_failure` also writes the error into the log if one is left
+  (:mod:`~elan_arch.training.notes`).
 """
 from __future__ import annotations
 
 import logging
 import os
 import shutil
-import sys
 from os import path as osp
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from elan_arch import elastic
+from elan_arch.training import elastic
+from elan_arch.training.notes import to_log_files, write_pending_notes
 from elan_arch.utils.errors import ElanError
 
 _MADE: List[Tuple[str, Optional[str]]] = []  # (folder made, where the folder it replaced was archived)
-_PENDING: List[str] = []
-LOGGER = 'basicsr'
-
-
-def _logger_ready() -> bool:
-    from basicsr.utils.logger import initialized_logger
-
-    return LOGGER in initialized_logger
-
-
-def _to_log_files(level: int, message: str) -> None:
-    """Write ``message`` to the file handlers of basicsr's logger only (not the console)."""
-    logger = logging.getLogger(LOGGER)
-    record = logger.makeRecord(LOGGER, level, __file__, 0, message, None, None)
-    for handler in logger.handlers:
-        if isinstance(handler, logging.FileHandler) and osp.exists(handler.baseFilename):
-            handler.handle(record)
-
-
-def note(message: str) -> None:
-    """A one-line warning: basicsr's logger once it exists; before, stderr (rank 0) now and the log later."""
-    if _logger_ready():
-        logging.getLogger(LOGGER).warning(message)
-        return
-    if elastic.is_main_process():
-        print(f'WARNING: {message}', file=sys.stderr, flush=True)
-    _PENDING.append(message)
-
-
-def write_pending_notes() -> None:
-    """Copy the notes made before basicsr's logger existed into the log file (called once it does)."""
-    while _PENDING:
-        _to_log_files(logging.WARNING, _PENDING.pop(0))
-
-
 def _positive_int(opt: Dict[str, Any], keys: str, minimum: int = 1) -> None:
     value: Any = opt
     for key in keys.split(':'):
@@ -122,7 +87,7 @@ def check_options(opt: Dict[str, Any]) -> None:
 
 def check_pretrained(opt: Dict[str, Any], verified: Iterable[str] = ()) -> None:
     """Every ``path.pretrain_network_*`` must exist and load (except ``verified`` files)."""
-    from elan_arch.resume import read
+    from elan_arch.training.resume import read
 
     for key, value in opt['path'].items():
         if key.startswith('pretrain_network_') and value and value not in verified:
@@ -157,4 +122,4 @@ def after_failure(error: BaseException, started: bool) -> None:
             if archived:
                 os.rename(archived, path)
     write_pending_notes()
-    _to_log_files(logging.ERROR, f'Training failed: {type(error).__name__}: {error}')
+    to_log_files(logging.ERROR, f'Training failed: {type(error).__name__}: {error}')
