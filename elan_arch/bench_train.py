@@ -147,7 +147,7 @@ def measure_training(models: Dict[str, torch.nn.Module], names: Dict[str, str], 
     warm-up steps compile it)."""
     from tqdm import tqdm
 
-    from elan_arch.inference import compile_network
+    from elan_arch.inference.upscale import compile_network
 
     steps, results, counted = {}, [], {}
     for key, net in tqdm(models.items(), unit='model', disable=not progress, desc='counting FLOPs'):

@@ -1,7 +1,7 @@
 """Running an exported ELAN (``elan export``) with onnxruntime, as a drop-in for the PyTorch network.
 
 :class:`OnnxNetwork` is called like the network on (B, C, H, W) tensors, so
-:func:`elan_arch.inference.upscale_array` (and its tiling) runs it unchanged;
+:func:`elan_arch.inference.upscale.upscale_array` (and its tiling) runs it unchanged;
 :class:`OnnxRuntimeModule` exports a network and runs it as an ``nn.Module`` (``elan bench``).
 """
 from __future__ import annotations

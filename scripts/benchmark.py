@@ -39,8 +39,8 @@ import torch
 import elan_arch  # noqa: F401  (before basicsr)
 from elan_arch import ELAN
 from elan_arch.cli import main as elan_main
-from elan_arch.inference import DEFAULT_OVERLAP, DEFAULT_TILE, upscale_array
-from elan_arch.upscale_pipeline import default_writers
+from elan_arch.inference.upscale import DEFAULT_OVERLAP, DEFAULT_TILE, upscale_array
+from elan_arch.inference.pipeline import default_writers
 
 #: The summary line ``elan upscale`` ends a run with.
 THROUGHPUT = re.compile(r'([\d.]+) s: ([\d.]+) images/s, ([\d.]+) output megapixels/s; network ([\d.]+) s, '

@@ -23,7 +23,7 @@ from elan_arch.archs.elan_blocks import DIV2K_RGB_MEAN
 from elan_arch.checkpoint import load_network_from_checkpoint
 from elan_arch.checkpoint_formats import read_checkpoint
 from elan_arch.cli import main
-from elan_arch.inference import upscale_array
+from elan_arch.inference.upscale import upscale_array
 from elan_spec import spec_forward
 from test_arch import SMALL, randomize
 from test_convert import no_temp_files, save_authors_checkpoint

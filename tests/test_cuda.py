@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from elan_arch import ELAN, ELAN_VARIANTS
-from elan_arch.inference import upscale_array
+from elan_arch.inference.upscale import upscale_array
 from helpers_inference import calibrated, photo, to_tensor
 from helpers_train import TRAIN_OPT, demo_root, ok, run_python
 

@@ -19,7 +19,7 @@ from basicsr.metrics import calculate_psnr
 from basicsr.models import build_model
 from basicsr.utils import tensor2img
 from elan_arch.utils.errors import ElanError
-from elan_arch.inference import upscale_array
+from elan_arch.inference.upscale import upscale_array
 from elan_arch.models.eval_modes import self_ensemble
 
 SMALL_ELAN = dict(type='ELAN', upscale=4, c_elan=15, m_elan=4, n_share=1, r_expand=2, window_sizes=[4, 8, 16])

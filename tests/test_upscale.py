@@ -1,4 +1,4 @@
-"""Tiled inference (elan_arch/inference.py) and the ``elan upscale`` command."""
+"""Tiled inference (elan_arch/inference/upscale.py) and the ``elan upscale`` command."""
 from __future__ import annotations
 
 import re
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import elan_arch  # noqa: F401  (before basicsr)
 from elan_arch import ELAN, ELAN_VARIANTS
 from elan_arch.cli import main
-from elan_arch.inference import DEFAULT_OVERLAP, DEFAULT_TILE, blend_weights, tile_starts, upscale_array
+from elan_arch.inference.upscale import DEFAULT_OVERLAP, DEFAULT_TILE, blend_weights, tile_starts, upscale_array
 from helpers_inference import calibrated, photo, to_tensor
 
 SMALL = dict(c_elan=15, m_elan=4, n_share=1, r_expand=2)
@@ -119,7 +119,7 @@ def test_folder_with_a_corrupt_file_reports_it_and_finishes_the_others(tmp_path,
 def test_folder_pipeline_reports_throughput_and_a_failed_write(tmp_path, weights, capsys, monkeypatch):
     """The folder run with background writers gives the same files as in turn (``--io-threads 0``), says its
     throughput, and a write the disk refuses fails that image alone, naming it, leaving no partial file."""
-    from elan_arch.data import images
+    from elan_arch.utils import images
 
     src = tmp_path / 'in'
     src.mkdir()
@@ -352,7 +352,7 @@ def test_alpha_is_upscaled_by_the_network_and_the_colour_is_as_without_it(tmp_pa
 
 
 def test_grey_with_alpha_and_16_bit_alpha_through_a_stand_in_network(tmp_path):
-    from elan_arch.upscale_io import read_picture, upscale_picture
+    from elan_arch.inference.image_io import read_picture, upscale_picture
 
     grey = (np.arange(12 * 10).reshape(12, 10) * 500).astype(np.uint16)
     alpha = np.zeros((12, 10), np.uint16)
@@ -371,7 +371,7 @@ def test_grey_with_alpha_and_16_bit_alpha_through_a_stand_in_network(tmp_path):
 
 def test_alpha_follows_the_exif_orientation(tmp_path):
     """OpenCV turns the colour of a PNG by its EXIF orientation; the alpha is turned with it."""
-    from elan_arch.upscale_io import read_picture, upscale_picture
+    from elan_arch.inference.image_io import read_picture, upscale_picture
 
     pil = pytest.importorskip('PIL.Image')
     rgba = np.zeros((24, 32, 4), np.uint8)
@@ -391,7 +391,7 @@ def test_alpha_follows_the_exif_orientation(tmp_path):
 
 def test_unsupported_channels_and_sample_types_are_named(tmp_path, monkeypatch):
     from elan_arch.utils.errors import ElanError
-    from elan_arch.upscale_io import read_picture
+    from elan_arch.inference.image_io import read_picture
 
     decoded = {'array': np.zeros((4, 4, 2), np.uint8)}
     monkeypatch.setattr(cv2, 'imread', lambda path, flags=None: decoded['array'])

@@ -1,4 +1,4 @@
-"""elan_arch/upscale_pipeline.py: reading ahead and writing behind overlap the computation, memory stays
+"""elan_arch/inference/pipeline.py: reading ahead and writing behind overlap the computation, memory stays
 bounded, a failing job fails alone, a bug stops the run."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Dict, List
 import pytest
 
 from elan_arch.utils.errors import ElanError
-from elan_arch.upscale_pipeline import run_pipeline
+from elan_arch.inference.pipeline import run_pipeline
 
 WAIT = 10.0  # seconds a stage waits for the overlap it expects before giving up (only reached on failure)
 

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     for phase in ('train', 'test'):
         phase_parser = sub.add_parser(phase, help=f'basicsr.{phase}.{phase}_pipeline')
         add_pipeline_arguments(phase_parser)
-        phase_parser.set_defaults(func=run_pipeline, phase=phase)
+        phase_parser.set_defaults(func=run_phase, phase=phase)
     return parser
 
 
@@ -148,7 +148,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_pipeline(args: argparse.Namespace) -> int:
+def run_phase(args: argparse.Namespace) -> int:
     """Run ``args.phase`` ('train' or 'test') with basicsr's pipeline; return the exit code."""
     plugins = load_plugins()
     check_option_file(args.opt, plugins, [entry.split('=')[0].strip() for entry in args.force_yml or []])

@@ -65,7 +65,7 @@ class Result:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from elan_arch.inference import add_device_options
+    from elan_arch.cli.options import add_device_options
 
     parser = subparsers.add_parser(
         'bench', help='speed/size of ELAN vs SwinIR-light and EDSR (markdown table + PNG chart)',
@@ -197,7 +197,7 @@ def measure(keys: List[str], scale: int, size: Tuple[int, int], device, dtype, c
     from tqdm import tqdm
 
     from elan_arch.flops import count_flops
-    from elan_arch.inference import compile_network
+    from elan_arch.inference.upscale import compile_network
 
     x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     calls: Dict[str, Callable[[], None]] = {}
@@ -316,7 +316,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from elan_arch.utils.fileio import atomic_path, check_output_free
-    from elan_arch.inference import select_device
+    from elan_arch.inference.upscale import select_device
 
     size = parse_size(args.size)
     if args.runs < 1 or args.warmup < 0:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from elan_arch.cli.basicsr_cmd import add_pipeline_arguments, run_pipeline
+from elan_arch.cli.basicsr_cmd import add_pipeline_arguments, run_phase
 
 _WHAT = {'train': 'train a network', 'test': 'test a network'}
 
@@ -15,7 +15,7 @@ def register_phase(subparsers: argparse._SubParsersAction, phase: str) -> None:
         description=f'Same as `basicsr {phase}`: load the BasicSR plugins, then run basicsr\'s {phase} '
         'pipeline on the option file with the current directory as the root.')
     add_pipeline_arguments(parser)
-    parser.set_defaults(func=run_pipeline, phase=phase)
+    parser.set_defaults(func=run_phase, phase=phase)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

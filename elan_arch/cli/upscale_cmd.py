@@ -1,7 +1,7 @@
 """``elan upscale -i IN -o OUT --weights W`` (or ``--onnx MODEL.onnx``): super-resolve one image or a folder of
 images to PNG.
 
-A folder runs as a pipeline (:mod:`elan_arch.upscale_pipeline`): the next image is decoded and finished
+A folder runs as a pipeline (:mod:`elan_arch.inference.pipeline`): the next image is decoded and finished
 ones are encoded and written in background threads while the network runs, and the run ends with its
 throughput and where the time went."""
 from __future__ import annotations
@@ -17,14 +17,15 @@ if TYPE_CHECKING:
     import numpy as np
     from torch import Tensor
 
-    from elan_arch.upscale_io import Picture
+    from elan_arch.inference.image_io import Picture
 
 Job = Tuple[Path, Path]  # (input image, output PNG)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from elan_arch.inference import DEFAULT_OVERLAP, DEFAULT_TILE, add_device_options
-    from elan_arch.upscale_pipeline import default_writers
+    from elan_arch.cli.options import add_device_options
+    from elan_arch.inference.upscale import DEFAULT_OVERLAP, DEFAULT_TILE
+    from elan_arch.inference.pipeline import default_writers
 
     parser = subparsers.add_parser(
         'upscale', help='super-resolve images with an ELAN checkpoint',
@@ -110,16 +111,16 @@ def _out_of_memory(err: RuntimeError) -> bool:
 
 def _upscale(net, src: Path, rgb: np.ndarray, scale: int, multiple: int, args: argparse.Namespace,
              out_dtype: type) -> np.ndarray:
-    """The (H*scale, W*scale, 3) RGB output of ``rgb`` in ``out_dtype`` (as :func:`~elan_arch.inference.upscale_array`).
+    """The (H*scale, W*scale, 3) RGB output of ``rgb`` in ``out_dtype`` (as :func:`~elan_arch.inference.upscale.upscale_array`).
 
-    Out of memory, it tries again in tiles, saying so: :data:`~elan_arch.inference.DEFAULT_TILE` pixels (at most
+    Out of memory, it tries again in tiles, saying so: :data:`~elan_arch.inference.upscale.DEFAULT_TILE` pixels (at most
     half the image) after a whole image, half the tile after tiles, down to 32 pixels; ElanError (naming ``src``)
     when even those fail.
     """
     import torch
     from tqdm import tqdm
 
-    from elan_arch.inference import DEFAULT_TILE, upscale_array
+    from elan_arch.inference.upscale import DEFAULT_TILE, upscale_array
 
     tile = args.tile
     while True:
@@ -141,7 +142,7 @@ def _upscale(net, src: Path, rgb: np.ndarray, scale: int, multiple: int, args: a
 
 
 def _write(dst: Path, out: np.ndarray, force: bool) -> None:
-    """Write ``out`` (as :func:`~elan_arch.upscale_io.upscale_picture` returns it) to ``dst`` as PNG, atomically;
+    """Write ``out`` (as :func:`~elan_arch.inference.image_io.upscale_picture` returns it) to ``dst`` as PNG, atomically;
     ElanError naming ``dst`` if the file system refuses."""
     from elan_arch.utils.images import write_png
     from elan_arch.utils.fileio import atomic_path
@@ -157,7 +158,7 @@ def load_model(args: argparse.Namespace) -> Tuple[Callable[[Tensor], Tensor], in
     """The network for ``--weights`` (PyTorch, prepared for ``--device/--half/--compile``) or ``--onnx``
     (onnxruntime), its scale and padding multiple, and where it runs (for the summary line)."""
     from elan_arch.checkpoint import load_network_from_checkpoint
-    from elan_arch.inference import prepare_network, select_device
+    from elan_arch.inference.upscale import prepare_network, select_device
 
     if args.onnx:
         from elan_arch.onnx_backend import OnnxNetwork
@@ -191,9 +192,9 @@ def load_model(args: argparse.Namespace) -> Tuple[Callable[[Tensor], Tensor], in
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from elan_arch.inference import placement
-    from elan_arch.upscale_io import read_picture, upscale_picture
-    from elan_arch.upscale_pipeline import default_writers, run_pipeline
+    from elan_arch.inference.upscale import placement
+    from elan_arch.inference.image_io import read_picture, upscale_picture
+    from elan_arch.inference.pipeline import default_writers, run_pipeline
 
     if args.tile < 0 or args.tile_overlap < 0 or (args.io_threads or 0) < 0:
         raise ElanError('--tile, --tile-overlap and --io-threads must be >= 0')

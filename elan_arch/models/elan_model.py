@@ -51,7 +51,7 @@ class ELANModel(SRModel):
       ``model_ema`` averages parameters only, so ``net_g_ema`` and the saved ``params_ema``
       would keep their initial statistics and validate wrongly.
     * Validation / testing on whole images of any size (the network pads internally), with
-      ``val.tile: {size: S, overlap: O}`` (in LR pixels; :func:`elan_arch.inference.upscale_array`,
+      ``val.tile: {size: S, overlap: O}`` (in LR pixels; :func:`elan_arch.inference.upscale.upscale_array`,
       output clamped to [0, 1]) for images too large for memory and
       ``val.self_ensemble: true`` for the x8 flip/transpose ensemble.
     * ``train.amp: bf16 | fp16``: forward pass under autocast (fp16 with a gradient scaler,

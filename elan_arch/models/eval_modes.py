@@ -1,5 +1,5 @@
 """Validation and test modes of :class:`~elan_arch.models.elan_model.ELANModel`: tiled inference (through
-:func:`elan_arch.inference.upscale_array`) and the x8 self-ensemble, on BasicSR's (B, C, h, w) tensors."""
+:func:`elan_arch.inference.upscale.upscale_array`) and the x8 self-ensemble, on BasicSR's (B, C, h, w) tensors."""
 from __future__ import annotations
 
 from typing import Callable
@@ -13,12 +13,12 @@ Network = Callable[[Tensor], Tensor]
 
 def tiled_upscale(net: nn.Module, x: Tensor, scale: int, tile: int, overlap: int) -> Tensor:
     """``net(x)`` computed on ``tile`` x ``tile`` tiles (LR pixels) that overlap by ``overlap`` and are
-    cross-faded, one image of the batch at a time (:func:`elan_arch.inference.upscale_array`).
+    cross-faded, one image of the batch at a time (:func:`elan_arch.inference.upscale.upscale_array`).
 
     Peak memory is the network's for one tile. The output is clamped to [0, 1], as BasicSR's
     ``tensor2img`` would do. Shape: (B, C, h, w) -> (B, C, h*scale, w*scale).
     """
-    from elan_arch.inference import upscale_array
+    from elan_arch.inference.upscale import upscale_array
 
     outputs = []
     for img in x:

@@ -20,7 +20,7 @@ import numpy as np
 from elan_arch.utils.errors import ElanError
 
 #: ``run(rgb, dtype)``: (H, W, 3) float32 RGB in [0, 1] -> (H*s, W*s, 3) RGB of ``dtype`` (uint8, uint16 rounded;
-#: float32 clamped to [0, 1]); :func:`~elan_arch.inference.upscale_array` with the network and options bound.
+#: float32 clamped to [0, 1]); :func:`~elan_arch.inference.upscale.upscale_array` with the network and options bound.
 Upscale = Callable[[np.ndarray, type], np.ndarray]
 
 

@@ -11,7 +11,6 @@ final integer type and two float strips of one tile's height.
 """
 from __future__ import annotations
 
-import argparse
 from typing import Callable, List, Optional, Tuple
 
 import numpy as np
@@ -31,17 +30,6 @@ DEFAULT_OVERLAP = 32
 #: of one shape: on an H100 a 64x64 tile of ELAN-light spent about 80% of its time launching kernels, which a
 #: CUDA graph replayed by hand removed.
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
-
-
-def add_device_options(parser: argparse.ArgumentParser, default_device: str, compile_help: str) -> None:
-    """Add ``--device``, ``--half`` and ``--compile [MODE]`` (read back by :func:`select_device` and
-    :func:`prepare_network` / :func:`compile_network`; ``--compile`` alone is mode ``default``)."""
-    default = 'cuda if available' if default_device == 'auto' else default_device
-    parser.add_argument('--device', default=default_device, help=f'cpu, cuda or cuda:N (default: {default})')
-    parser.add_argument('--half', action='store_true', help='float16 (CUDA only)')
-    parser.add_argument('--compile', nargs='?', const='default', choices=COMPILE_MODES, metavar='MODE',
-                        help=f'{compile_help}; MODE is torch.compile\'s ({", ".join(COMPILE_MODES)}; alone: default): '
-                        'reduce-overhead replays CUDA graphs, for tiles of one shape on a GPU')
 
 
 def compile_network(net: nn.Module, mode: Optional[str]) -> nn.Module:
