@@ -1,4 +1,4 @@
-"""traiNNer-redux's ELAN checkpoints and safetensors (elan_arch/checkpoint_formats.py, ``elan convert``).
+"""traiNNer-redux's ELAN checkpoints and safetensors (elan_arch/deploy/checkpoint_formats.py, ``elan convert``).
 
 The traiNNer-redux files are built from the format described in docs/deploy.md (a bare
 state_dict as .safetensors, optionally with their hyperparameters as JSON metadata, or
@@ -20,8 +20,8 @@ from safetensors.torch import save_file
 import elan_arch  # noqa: F401  (before basicsr)
 from elan_arch.archs.elan_arch import ELAN
 from elan_arch.archs.elan_blocks import DIV2K_RGB_MEAN
-from elan_arch.checkpoint import load_network_from_checkpoint
-from elan_arch.checkpoint_formats import read_checkpoint
+from elan_arch.deploy.checkpoint import load_network_from_checkpoint
+from elan_arch.deploy.checkpoint_formats import read_checkpoint
 from elan_arch.cli import main
 from elan_arch.inference.upscale import upscale_array
 from elan_spec import spec_forward

@@ -1,4 +1,4 @@
-"""`elan convert` and elan_arch.checkpoint: authors' format -> BasicSR, inference, refusals."""
+"""`elan convert` and elan_arch.deploy.checkpoint: authors' format -> BasicSR, inference, refusals."""
 from __future__ import annotations
 
 import os
@@ -13,7 +13,7 @@ import torch
 import elan_arch  # noqa: F401
 from basicsr.models.sr_model import SRModel
 from elan_arch.archs.elan_arch import ELAN, ELAN_VARIANTS
-from elan_arch.checkpoint import infer_config, load_network_from_checkpoint
+from elan_arch.deploy.checkpoint import infer_config, load_network_from_checkpoint
 from elan_arch.cli import main
 from test_arch import SMALL, randomize
 

@@ -1,4 +1,4 @@
-"""ONNX export (elan_arch/export_onnx.py, ``elan export``) and the onnxruntime backend (``elan upscale --onnx``).
+"""ONNX export (elan_arch/deploy/onnx_export.py, ``elan export``) and the onnxruntime backend (``elan upscale --onnx``).
 
 Networks have BatchNorm statistics measured on a photo (``calibrated``), as trained ones do;
 the full-size ELAN-light x4 and ELAN x2 are exported once per module in float32 and float16.
@@ -19,9 +19,9 @@ import elan_arch  # noqa: F401  (before basicsr)
 from elan_arch import ELAN, ELAN_VARIANTS
 from elan_arch.cli import main
 from elan_arch.utils.errors import ElanError
-from elan_arch.export_onnx import OPSET, TOLERANCE, TRACE_SHAPE, VERIFY_SHAPES, export_onnx, smooth_images
+from elan_arch.deploy.onnx_export import OPSET, TOLERANCE, TRACE_SHAPE, VERIFY_SHAPES, export_onnx, smooth_images
 from elan_arch.utils.extras import require
-from elan_arch.onnx_backend import OnnxNetwork
+from elan_arch.deploy.onnx_runtime import OnnxNetwork
 from helpers_inference import calibrated, photo, to_tensor
 from test_convert import no_temp_files, save_authors_checkpoint
 
@@ -136,7 +136,7 @@ def test_export_command_reads_checkpoints_refuses_overwrite_and_reports_disagree
     assert 'already exists; pass --force' in capsys.readouterr().err and out.read_bytes() == before
     assert main(['export', str(trainner), str(out), '--force']) == 0
     runtime, reference = OnnxNetwork(out), ELAN(upscale=2, **TINY, rgb_mean=None, img_range=1.)
-    reference.load_state_dict(elan_arch.checkpoint.read_checkpoint(str(trainner)).state_dict)
+    reference.load_state_dict(elan_arch.deploy.checkpoint.read_checkpoint(str(trainner)).state_dict)
     x = smooth_images(1, 3, 21, 19, seed=5)
     with torch.no_grad():
         assert (runtime(x) - reference.eval()(x)).abs().max() < 1e-4

@@ -1,4 +1,4 @@
-"""ELAN in spandrel (elan_arch/spandrel_support.py): the loader opens the authors', BasicSR's and
+"""ELAN in spandrel (elan_arch/deploy/spandrel_arch.py): the loader opens the authors', BasicSR's and
 traiNNer-redux's ELAN files with the right descriptor and output, and still detects other
 architectures as themselves."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 import elan_arch.spandrel_support  # noqa: F401  (the documented one-liner)
 from basicsr.archs.edsr_arch import EDSR
 from elan_arch import ELAN
-from elan_arch.spandrel_support import ELANArch, install
+from elan_arch.deploy.spandrel_arch import ELANArch, install
 from helpers_inference import calibrated, photo, to_tensor
 from test_checkpoint_formats import TINY
 from test_convert import save_authors_checkpoint

@@ -122,7 +122,7 @@ def build_model(key: str, scale: int):
     from elan_arch.archs.elan_arch import ELAN, ELAN_VARIANTS
 
     if key == 'elan-light-onnx':
-        from elan_arch.onnx_backend import OnnxRuntimeModule
+        from elan_arch.deploy.onnx_runtime import OnnxRuntimeModule
 
         net = OnnxRuntimeModule(ELAN(upscale=scale, **ELAN_VARIANTS['ELAN-light']).eval())
     elif key.startswith('elan'):

@@ -38,7 +38,7 @@ def add_reading_options(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from elan_arch.checkpoint import convert_checkpoint, output_format
+    from elan_arch.deploy.checkpoint import convert_checkpoint, output_format
 
     fmt = output_format(args.dst, args.fmt)
     config = convert_checkpoint(args.src, args.dst, overwrite=args.force, unsafe=args.unsafe_load, fmt=fmt,

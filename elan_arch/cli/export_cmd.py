@@ -9,7 +9,7 @@ from elan_arch.utils.errors import ElanError
 def register(subparsers: argparse._SubParsersAction) -> None:
     import torch
 
-    from elan_arch.export_onnx import OPSET, TOLERANCE, VERIFY_SHAPES
+    from elan_arch.deploy.onnx_export import OPSET, TOLERANCE, VERIFY_SHAPES
     from elan_arch.cli.convert_cmd import add_reading_options
 
     checks = ' and '.join('x'.join(map(str, s)) for s in VERIFY_SHAPES)
@@ -40,8 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from elan_arch.checkpoint import load_checkpoint
-    from elan_arch.export_onnx import export_onnx
+    from elan_arch.deploy.checkpoint import load_checkpoint
+    from elan_arch.deploy.onnx_export import export_onnx
     from elan_arch.utils.fileio import check_output_free
 
     if args.tolerance is not None and not args.tolerance >= 0:

@@ -157,11 +157,11 @@ def _write(dst: Path, out: np.ndarray, force: bool) -> None:
 def load_model(args: argparse.Namespace) -> Tuple[Callable[[Tensor], Tensor], int, int, str]:
     """The network for ``--weights`` (PyTorch, prepared for ``--device/--half/--compile``) or ``--onnx``
     (onnxruntime), its scale and padding multiple, and where it runs (for the summary line)."""
-    from elan_arch.checkpoint import load_network_from_checkpoint
+    from elan_arch.deploy.checkpoint import load_network_from_checkpoint
     from elan_arch.inference.upscale import prepare_network, select_device
 
     if args.onnx:
-        from elan_arch.onnx_backend import OnnxNetwork
+        from elan_arch.deploy.onnx_runtime import OnnxNetwork
 
         if args.half or args.compile or args.fused_attention:
             raise ElanError('--half/--compile/--fused-attention do not apply to --onnx: the model\'s dtype and '

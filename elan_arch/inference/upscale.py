@@ -103,7 +103,7 @@ def _to_image(t: Tensor, dtype: np.dtype) -> np.ndarray:
 
 def placement(net: Callable[[Tensor], Tensor]) -> Tuple[torch.device, torch.dtype]:
     """Device and dtype that ``net``'s inputs need: its parameters' for a module, else its
-    ``device``/``dtype`` attributes (e.g. :class:`elan_arch.onnx_backend.OnnxNetwork`)."""
+    ``device``/``dtype`` attributes (e.g. :class:`elan_arch.deploy.onnx_runtime.OnnxNetwork`)."""
     if isinstance(net, nn.Module):
         param = next(net.parameters())
         return param.device, param.dtype

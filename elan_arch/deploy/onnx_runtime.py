@@ -88,7 +88,7 @@ class OnnxRuntimeModule(nn.Module):
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        from elan_arch.export_onnx import export_onnx
+        from elan_arch.deploy.onnx_export import export_onnx
 
         self.net = net
         with tempfile.TemporaryDirectory() as tmp:  # the session keeps the model in memory

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from elan_arch.archs.elan_arch import ELAN
-from elan_arch.checkpoint import variant_name
+from elan_arch.deploy.checkpoint import variant_name
 from elan_arch.utils.errors import ElanError
 from elan_arch.utils.extras import require
 from elan_arch.utils.fileio import PathLike, atomic_path
@@ -180,7 +180,7 @@ def verify_onnx(path: PathLike, net: ELAN, shapes=VERIFY_SHAPES) -> List[Tuple[T
 
     Inputs are :func:`smooth_images`; the ONNX model runs on the CPU in its own dtype.
     """
-    from elan_arch.onnx_backend import OnnxNetwork
+    from elan_arch.deploy.onnx_runtime import OnnxNetwork
 
     runtime = OnnxNetwork(path)
     reference = copy.deepcopy(net).float().eval()

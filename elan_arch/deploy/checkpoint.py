@@ -1,7 +1,7 @@
 """ELAN networks from checkpoint files: configuration inferred from the weights, loading, converting.
 
 The file formats (BasicSR, the authors', traiNNer-redux's ``.pth``/``.safetensors``, this
-package's safetensors, bare state_dicts) are read by :mod:`elan_arch.checkpoint_formats`.
+package's safetensors, bare state_dicts) are read by :mod:`elan_arch.deploy.checkpoint_formats`.
 The network configuration is inferred from tensor shapes by :func:`infer_config`, then
 completed by what the file records and by explicit overrides (:func:`resolve_config`);
 ``window_sizes`` leaves no trace in the weights and defaults to the reference's unless the
@@ -24,7 +24,7 @@ import torch
 
 from elan_arch.archs.elan_arch import ELAN, ELAN_VARIANTS
 from elan_arch.archs.elan_blocks import DIV2K_RGB_MEAN
-from elan_arch.checkpoint_formats import StateDict, read_checkpoint, write_safetensors
+from elan_arch.deploy.checkpoint_formats import StateDict, read_checkpoint, write_safetensors
 from elan_arch.utils.errors import ElanError
 from elan_arch.utils.fileio import atomic_path
 

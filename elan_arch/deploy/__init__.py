@@ -1,0 +1,16 @@
+"""Trained ELANs outside BasicSR: checkpoint files, ONNX, spandrel.
+
+* :mod:`~elan_arch.deploy.checkpoint_formats`: which container a file is (BasicSR, the authors',
+  traiNNer-redux, safetensors, bare state_dicts) and the weights and settings it holds;
+* :mod:`~elan_arch.deploy.checkpoint`: the network configuration inferred from the weights, loading
+  and ``elan convert``;
+* :mod:`~elan_arch.deploy.onnx_export`: ``elan export`` (any input size, float32/float16, checked
+  against PyTorch with onnxruntime);
+* :mod:`~elan_arch.deploy.onnx_runtime`: an exported model run by onnxruntime as a drop-in network
+  (``elan upscale --onnx``);
+* :mod:`~elan_arch.deploy.spandrel_arch`: ELAN in spandrel's registry (``import elan_arch.spandrel_support``).
+
+A checkpoint flows: file -> :func:`~elan_arch.deploy.checkpoint_formats.read_checkpoint` -> configuration
+(:func:`~elan_arch.deploy.checkpoint.resolve_config`) -> :class:`~elan_arch.archs.elan_arch.ELAN` ->
+safetensors / ONNX / spandrel descriptor.
+"""

@@ -1,0 +1,97 @@
+"""ELAN for spandrel, the model loader of chaiNNer, ComfyUI and other SR tools.
+
+One line makes spandrel open ELAN checkpoints::
+
+    import elan_arch.spandrel_support  # registers ELAN in spandrel.MAIN_REGISTRY (idempotent)
+
+after which ``spandrel.ModelLoader().load_from_file(path)`` returns an
+``ImageModelDescriptor`` for the authors', BasicSR's, traiNNer-redux's and this package's
+ELAN checkpoints (``.pth``, ``.pt``, ``.safetensors``), whose ``model`` is this package's
+:class:`~elan_arch.archs.elan_arch.ELAN` with the configuration inferred by
+:func:`elan_arch.deploy.checkpoint.resolve_config`. Detection needs keys only ELAN's module tree
+has, so spandrel's own architectures are detected as before.
+
+spandrel unpickles ``.pth``/``.pt`` files with an allow-list of tensor and ``OrderedDict``
+globals. The authors' checkpoints also hold the optimizer/scheduler state and NumPy scalars
+(a ``collections.Counter`` of LR milestones, PSNR values), plain data that the list lacks;
+:func:`install` adds exactly those globals to it (``collections.Counter``, NumPy's scalar and
+dtype reconstructors and ``_codecs.encode``, which pickle protocol 2 uses for bytes),
+none of which can run code. Pass ``allow_authors_pickles=False`` to leave the list alone
+(then convert such files with ``elan convert`` first).
+
+Limits: traiNNer-redux's non-default ``norm: true`` weights look like the authors' and
+load with the authors' ``img_range`` (255); spandrel passes no metadata to architectures,
+so convert them with ``elan convert --img-range 1 --format safetensors`` and use that
+file with this package, or load them through :func:`elan_arch.deploy.checkpoint.load_network_from_checkpoint`.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Tuple
+
+from elan_arch.archs.elan_arch import ELAN
+from elan_arch.deploy.checkpoint import build_network, resolve_config, variant_name
+from elan_arch.utils.extras import require
+
+require('spandrel', 'spandrel', 'elan_arch.spandrel_support')
+
+from spandrel import (  # noqa: E402
+    MAIN_REGISTRY, Architecture, ArchSupport, ImageModelDescriptor, ModelTiling, SizeRequirements, StateDict)
+from spandrel.util import KeyCondition  # noqa: E402
+
+#: Globals (module, name) added to spandrel's unpickling allow-list for the authors' checkpoints.
+AUTHORS_PICKLE_GLOBALS: Tuple[Tuple[str, str], ...] = (
+    ('collections', 'Counter'),
+    ('numpy', 'dtype'),
+    ('numpy.core.multiarray', 'scalar'),
+    ('numpy._core.multiarray', 'scalar'),
+    ('_codecs', 'encode'),
+)
+
+
+class ELANArch(Architecture[ELAN]):
+    """spandrel ``Architecture`` for ELAN (id ``ELAN``)."""
+
+    def __init__(self) -> None:
+        super().__init__(id='ELAN', name='ELAN', detect=KeyCondition.has_all(
+            'head.0.weight',
+            'body.0.modules_lfe.lfe_0.conv0.shift_conv.weight',
+            'body.0.modules_lfe.lfe_0.conv0.shift_conv.conv1x1.weight',
+            'body.0.modules_lfe.lfe_0.conv1.shift_conv.conv1x1.weight',
+            'body.0.modules_gmsa.gmsa_0.project_inp.0.weight',
+            'body.0.modules_gmsa.gmsa_0.project_inp.1.running_var',
+            'body.0.modules_gmsa.gmsa_0.project_out.weight',
+            'tail.0.weight',
+        ))
+
+    def load(self, state_dict: StateDict) -> ImageModelDescriptor[ELAN]:
+        """The ELAN these weights describe, as spandrel's descriptor.
+
+        No size requirements: the network reflect-pads any input to its window multiple
+        itself (as the reference does), which padding by spandrel would change. Tiling is
+        supported (attention is local to windows of at most 16 pixels). Half and bfloat16:
+        the inference path computes the attention logits in float32.
+        """
+        config = resolve_config(state_dict, 'state_dict')
+        net = build_network(state_dict, config, 'state_dict')
+        scale, colors = config['upscale'], config['colors']
+        tags = [variant_name(config), f'{config["c_elan"]}nf', f'{config["m_elan"]}nb']
+        if config.get('rgb_mean', ()) is None:
+            tags.append('no-mean-shift')
+        return ImageModelDescriptor(
+            net, state_dict, architecture=self, purpose='SR' if scale > 1 else 'Restoration', tags=tags,
+            supports_half=True, supports_bfloat16=True, scale=scale, input_channels=colors,
+            output_channels=colors, size_requirements=SizeRequirements(), tiling=ModelTiling.SUPPORTED)
+
+
+def install(allow_authors_pickles: bool = True) -> None:
+    """Register :class:`ELANArch` in ``spandrel.MAIN_REGISTRY`` (once) and, unless told not to,
+    let spandrel unpickle the authors' checkpoints (see the module docstring)."""
+    MAIN_REGISTRY.add(ArchSupport.from_architecture(ELANArch()), ignore_duplicates=True)
+    if allow_authors_pickles:
+        allowed = getattr(importlib.import_module('spandrel.__helpers.unpickler'), 'safe_list', None)
+        if isinstance(allowed, set):
+            allowed.update(AUTHORS_PICKLE_GLOBALS)
+
+
+install()
