@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How far the fast training path is from what its matrix products alone cost (a script, not a test).
 
-One training step of ELAN-light x4 (``elan_arch.bench_train.make_step``: forward, L1 on [0, 255],
+One training step of ELAN-light x4 (``elan_arch.bench.training.make_step``: forward, L1 on [0, 255],
 backward, Adam) is recorded op by op with a dispatch mode; every matrix product and convolution it
 ran (``mm``, ``bmm``, ``addmm``, ``baddbmm``, oneDNN's fused linear, ``convolution``) is then timed
 alone, on fresh inputs of the same shapes and strides, hot in cache (median of 9 after 3 warm-ups).
@@ -31,7 +31,7 @@ import elan_arch  # noqa: F401  (before basicsr)
 from elan_arch import ELAN
 from elan_arch.utils.cpu_tuning import tune_process
 from elan_arch.archs import window_ops
-from elan_arch.bench_train import make_step
+from elan_arch.bench.training import make_step
 
 PRODUCTS = {'mm', 'bmm', 'addmm', 'addmm_', 'baddbmm', 'baddbmm_', '_linear_pointwise', 'convolution'}
 

@@ -11,7 +11,7 @@ import torch
 
 import elan_arch  # noqa: F401  (before basicsr)
 from elan_arch.archs import window_ops
-from elan_arch.bench_train import make_step
+from elan_arch.bench.training import make_step
 from elan_arch.cli import main
 
 
@@ -107,7 +107,7 @@ def test_bench_writes_table_and_chart_with_the_right_counts(tmp_path, capsys):
 def test_flops_count_what_each_path_executes(fast):
     """The fast path's oneDNN matrix products and CPU attention are counted (they counted nothing before):
     both paths against the formula, the fast one with the sharing GMSAs' recomputed q q^T."""
-    from elan_arch.flops import count_flops
+    from elan_arch.bench.flops import count_flops
 
     net = elan_arch.ELAN(upscale=4).eval()
     net.fast_inference = fast
@@ -150,7 +150,7 @@ def test_bench_refuses_bad_options(tmp_path, capsys, args, message):
 def test_swinir_adapter_runs_basicsr_swinir_in_half_dtype():
     # BasicSR's SwinIR adds a float32 mask to its attention: with half weights alone the next matmul
     # fails on mixed dtypes (the failure `elan bench --half` hit on a GPU); bfloat16 shows it on CPU
-    from elan_arch.cli.bench_cmd import build_model
+    from elan_arch.bench.models import build_model
 
     net = build_model('swinir-light', 4).to(torch.bfloat16)
     x = torch.rand(1, 3, 12, 20).to(torch.bfloat16)
@@ -211,7 +211,7 @@ def test_bench_train_compile_mode(tmp_path, monkeypatch):
 
 
 def test_step_flops_counts_the_reference_arithmetic_and_restores_the_net():
-    from elan_arch.bench_train import step_flops
+    from elan_arch.bench.training import step_flops
 
     net = elan_arch.ELAN(upscale=4, fast_training=True, fused_attention=True)
     assert step_flops(net, 2, 16, 4, torch.device('cpu')) == elan_light_training_flops(2 * 16 * 16)

@@ -1,18 +1,16 @@
 """Running an exported ELAN (``elan export``) with onnxruntime, as a drop-in for the PyTorch network.
 
 :class:`OnnxNetwork` is called like the network on (B, C, H, W) tensors, so
-:func:`elan_arch.inference.upscale.upscale_array` (and its tiling) runs it unchanged;
-:class:`OnnxRuntimeModule` exports a network and runs it as an ``nn.Module`` (``elan bench``).
+:func:`elan_arch.inference.upscale.upscale_array` (and its tiling) runs it unchanged.
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from elan_arch.utils.errors import ElanError
 from elan_arch.utils.extras import require
@@ -74,29 +72,3 @@ class OnnxNetwork:
     def __call__(self, x: Tensor) -> Tensor:
         array = np.ascontiguousarray(x.detach().cpu().to(self.dtype).numpy())
         return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
-
-
-class OnnxRuntimeModule(nn.Module):
-    """``net`` exported to ONNX (in a temporary folder) and run by onnxruntime on the CPU, as a module.
-
-    For ``elan bench``: ``net`` stays a submodule, so its parameters are counted, but FLOPs are
-    not (the work happens outside PyTorch). onnxruntime gets ``torch.get_num_threads()`` threads,
-    like PyTorch. The export is not checked (benchmark weights are random).
-
-    Shape: float32 CPU (B, C, H, W) -> (B, C, H*scale, W*scale).
-    """
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        from elan_arch.deploy.onnx_export import export_onnx
-
-        self.net = net
-        with tempfile.TemporaryDirectory() as tmp:  # the session keeps the model in memory
-            export_onnx(net, Path(tmp) / 'model.onnx', {}, check=False)
-            self.runtime = OnnxNetwork(Path(tmp) / 'model.onnx', threads=torch.get_num_threads())
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.device.type != 'cpu' or x.dtype != torch.float32:
-            raise ElanError('the onnxruntime model runs float32 on the CPU: drop --half/--device cuda, or the '
-                            '*-onnx model from --models')
-        return self.runtime(x)

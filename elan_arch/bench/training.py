@@ -74,13 +74,13 @@ def _reference_arithmetic(net: torch.nn.Module) -> Dict[str, Any]:
 
 
 def step_flops(net: torch.nn.Module, batch: int, patch: int, scale: int, device: torch.device) -> int:
-    """FLOPs (2 per multiply-add, :func:`~elan_arch.flops.count_flops`) of one forward + L1 + backward of
+    """FLOPs (2 per multiply-add, :func:`~elan_arch.bench.flops.count_flops`) of one forward + L1 + backward of
     ``net`` on ``batch`` random LR ``patch`` crops, in float32, on the reference arithmetic for an ELAN: the
     work a step has to do whichever path does it, so that FLOPs / step time compares the paths (as a
     model-FLOPs utilisation does; the fast path executes a little more, e.g. BatchNorm's statistics from a
     covariance product, and the counter misses its in-place products and fused kernels). No gradient is
     left behind; BatchNorm statistics see one more batch."""
-    from elan_arch.flops import count_flops
+    from elan_arch.bench.flops import count_flops
 
     lq, gt = random_batch(batch, patch, scale, device)
     saved = _reference_arithmetic(net)
