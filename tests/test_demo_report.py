@@ -12,8 +12,8 @@ import pytest
 import skimage.data
 
 import elan_arch  # noqa: F401  (before basicsr)
-from elan_arch.demo import write_pictures
-from elan_arch.demo_report import comparison_image, detailed_crop, validation_curve, validation_psnrs
+from elan_arch.demo.run import write_pictures
+from elan_arch.demo.report import comparison_image, detailed_crop, validation_curve, validation_psnrs
 from elan_arch.utils.errors import ElanError
 
 
@@ -74,7 +74,7 @@ def test_write_pictures_names_and_curve(tmp_path, monkeypatch, capsys):
 
 
 def test_cpu_busy_reads_the_share_of_busy_ticks():
-    from elan_arch.demo import cpu_busy
+    from elan_arch.demo.run import cpu_busy
 
     def reader(*samples):
         it = iter(samples)
@@ -86,7 +86,7 @@ def test_cpu_busy_reads_the_share_of_busy_ticks():
 
 @pytest.mark.skipif(not os.path.exists('/proc/stat'), reason='reads /proc/stat')
 def test_cpu_busy_sees_processes_spinning_on_every_core():
-    from elan_arch.demo import cpu_busy
+    from elan_arch.demo.run import cpu_busy
 
     spinners = [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(os.cpu_count() or 1)]
     try:
@@ -100,7 +100,7 @@ def test_cpu_busy_sees_processes_spinning_on_every_core():
 
 @pytest.mark.parametrize('busy', [True, False])
 def test_demo_commands_wait_passively_only_on_a_busy_cpu(monkeypatch, busy):
-    from elan_arch import demo
+    from elan_arch.demo import run as demo
 
     seen = {}
 
@@ -129,7 +129,7 @@ def test_demo_commands_wait_passively_only_on_a_busy_cpu(monkeypatch, busy):
 def test_demo_data_is_built_when_missing_and_rebuilt_when_made_from_another_photo_list(tmp_path, monkeypatch):
     import elan_arch.data
     from elan_arch.prepare.demo_data import TRAIN_PHOTOS, demo_sources
-    from elan_arch.demo import ensure_demo_data
+    from elan_arch.demo.run import ensure_demo_data
 
     calls = []
 
@@ -159,7 +159,7 @@ def test_demo_data_is_built_when_missing_and_rebuilt_when_made_from_another_phot
 def test_demo_budget_is_the_option_files_on_the_cpu_and_larger_with_a_gpu(monkeypatch, cuda):
     import torch
 
-    from elan_arch.demo import GPU_ITERS, default_iters
+    from elan_arch.demo.run import GPU_ITERS, default_iters
 
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
     assert default_iters({'train': {'total_iter': 500}}) == (GPU_ITERS if cuda else 500)

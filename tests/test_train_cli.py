@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from elan_arch.cli import basicsr_cmd
-from elan_arch.demo import compare_with_bicubic, load_images
+from elan_arch.demo.run import compare_with_bicubic, load_images
 from helpers_train import TEST_OPT, TRAIN_OPT, demo_root, ok, run_python
 
 # The real ELAN-light of the demo option, on small batches so that a few iterations take seconds.

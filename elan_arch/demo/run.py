@@ -179,7 +179,7 @@ def write_pictures(images: Dict[str, dict], results: Dict[str, dict], train_opt:
     """Side-by-side crops per photo and the validation PSNR curve of the newest training log, in
     ``out_dir``; returns the paths written (the curve is skipped, with a note, if the log does not
     hold one validation result per expected validation)."""
-    from elan_arch.demo_report import comparison_image, validation_curve, validation_psnrs
+    from elan_arch.demo.report import comparison_image, validation_curve, validation_psnrs
 
     written = []
     for name, imgs in images.items():
@@ -252,6 +252,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     print('Pictures: ' + ', '.join(str(p) for p in pictures))
     return 0 if gain > 0 else 1
 
-
-if __name__ == '__main__':
-    sys.exit(main())
