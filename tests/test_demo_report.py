@@ -127,7 +127,7 @@ def test_demo_commands_wait_passively_only_on_a_busy_cpu(monkeypatch, busy):
 
 
 def test_demo_data_is_built_when_missing_and_rebuilt_when_made_from_another_photo_list(tmp_path, monkeypatch):
-    import elan_arch.data
+    import elan_arch.prepare
     from elan_arch.prepare.demo_data import TRAIN_PHOTOS, demo_sources
     from elan_arch.demo.run import ensure_demo_data
 
@@ -139,7 +139,7 @@ def test_demo_data_is_built_when_missing_and_rebuilt_when_made_from_another_phot
         (root / 'SOURCES.txt').write_text(demo_sources())
         return 'prepared'
 
-    monkeypatch.setattr(elan_arch.data, 'prepare_demo', fake_prepare)
+    monkeypatch.setattr(elan_arch.prepare, 'prepare_demo', fake_prepare)
     root = tmp_path / 'demo'
     ensure_demo_data(root)  # missing: built
     assert calls == [(root, False)]
