@@ -1,0 +1,176 @@
+"""ONNX export (elan_arch/deploy/onnx_export.py, ``elan export``) and the onnxruntime backend (``elan upscale --onnx``).
+
+Networks have BatchNorm statistics measured on a photo (``calibrated``), as trained ones do;
+the full-size ELAN-light x4 and ELAN x2 are exported once per module in float32 and float16.
+"""
+from __future__ import annotations
+
+import re
+import sys
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import elan_arch  # noqa: F401  (before basicsr)
+from elan_arch import ELAN, ELAN_VARIANTS
+from elan_arch.cli import main
+from elan_arch.utils.errors import ElanError
+from elan_arch.deploy.onnx_export import OPSET, TOLERANCE, TRACE_SHAPE, VERIFY_SHAPES, export_onnx, smooth_images
+from elan_arch.utils.extras import require
+from elan_arch.deploy.onnx_runtime import OnnxNetwork
+from helpers.inference import calibrated, photo, to_tensor
+from helpers.networks import no_temp_files, save_authors_checkpoint
+
+TINY = dict(c_elan=15, m_elan=4, n_share=1, r_expand=2)
+CASES = [('ELAN-light', 4, False), ('ELAN-light', 4, True), ('ELAN', 2, False), ('ELAN', 2, True)]
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    """``get(variant, scale, half)`` -> (network, its BasicSR checkpoint, ExportResult), exported once."""
+    root, nets, cache = tmp_path_factory.mktemp('onnx'), {}, {}
+
+    def get(variant: str, scale: int, half: bool):
+        if (variant, scale) not in nets:
+            torch.manual_seed(0)
+            net = calibrated(ELAN(upscale=scale, **ELAN_VARIANTS[variant]), to_tensor(photo(32, 32)))
+            weights = root / f'{variant}_x{scale}.pth'
+            torch.save({'params': net.state_dict()}, weights)
+            nets[variant, scale] = net, weights
+        if (variant, scale, half) not in cache:
+            net, weights = nets[variant, scale]
+            config = dict(upscale=scale, colors=3, **ELAN_VARIANTS[variant], img_range=255.)
+            path = root / f'{variant}_x{scale}{"_fp16" if half else ""}.onnx'
+            cache[variant, scale, half] = net, weights, export_onnx(net, path, config, half=half)
+        return cache[variant, scale, half]
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('variant,scale,half', CASES)
+def test_onnxruntime_equals_pytorch_at_untraced_sizes(exported, variant, scale, half):
+    net, _, result = exported(variant, scale, half)
+    dtype = torch.float16 if half else torch.float32
+    # the export's own check: two shapes other than the traced one, one odd, both padded
+    shapes = [s[:1] + s[2:] for s, _ in result.diffs]
+    assert shapes == list(VERIFY_SHAPES) and TRACE_SHAPE not in shapes
+    assert any(h % 2 or w % 2 for _, h, w in shapes) and all(h % 16 or w % 16 for _, h, w in shapes)
+    assert all(d < TOLERANCE[dtype] for _, d in result.diffs)
+    # and an independent one on a real photo at a third size
+    runtime = OnnxNetwork(result.path)
+    x = to_tensor(photo(13, 21, top=150))
+    with torch.no_grad():
+        expected = net(x)
+    got = runtime(x.to(dtype)).float()
+    assert got.shape == (1, 3, 13 * scale, 21 * scale) and 0.1 < expected.std() and expected.abs().max() < 2
+    assert (got - expected).abs().max() < (1e-2 if half else 1e-4)
+    print(f'{variant} x{scale} {dtype}: max |diff| {(got - expected).abs().max():.2e}')
+
+
+@pytest.mark.parametrize('variant,scale,half', CASES)
+def test_model_file_is_valid_documented_and_dynamic(exported, variant, scale, half):
+    _, _, result = exported(variant, scale, half)
+    onnx.checker.check_model(str(result.path), full_check=True)
+    model = onnx.load(str(result.path))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta['elan.scale'] == str(scale) and meta['elan.variant'] == variant and meta['elan.pad_multiple'] == '16'
+    assert 'RGB in [0, 1]' in meta['elan.input'] and meta['elan.dtype'] == ('float16' if half else 'float32')
+    assert [o.version for o in model.opset_import if o.domain in ('', 'ai.onnx')] == [OPSET]
+    io_type = onnx.TensorProto.FLOAT16 if half else onnx.TensorProto.FLOAT
+    for value, dims in ((model.graph.input[0], ['batch', 3, 'height', 'width']),
+                        (model.graph.output[0], ['batch', 3, 'out_height', 'out_width'])):
+        assert value.type.tensor_type.elem_type == io_type
+        assert [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim] == dims
+    # attention logits and softmax stay float32, also in a float16 model
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    softmax = [n for n in model.graph.node if n.op_type == 'Softmax']
+    assert len(softmax) == ELAN_VARIANTS[variant]['m_elan'] // (1 + ELAN_VARIANTS[variant]['n_share']) * 3
+    assert {types[n.input[0]] for n in softmax} == {onnx.TensorProto.FLOAT}
+
+
+def test_inputs_smaller_than_the_padding_match_pytorch(exported):
+    net, _, result = exported('ELAN-light', 4, False)
+    runtime = OnnxNetwork(result.path)
+    for h, w in [(1, 1), (5, 3), (8, 9)]:
+        x = smooth_images(1, 3, h, w, seed=h * w)
+        with torch.no_grad():
+            assert (runtime(x) - net(x)).abs().max() < 1e-4, (h, w)
+
+
+def test_upscale_onnx_equals_upscale_weights(exported, tmp_path, capsys):
+    _, weights, result = exported('ELAN-light', 4, False)
+    src = tmp_path / 'in.png'
+    cv2.imwrite(str(src), np.ascontiguousarray((photo(20, 36)[:, :, ::-1] * 255).round().astype(np.uint8)))
+    for tiles in ([], ['--tile', '16', '--tile-overlap', '8']):
+        outs = {}
+        for flag, model in (('--weights', weights), ('--onnx', result.path)):
+            out = tmp_path / f'{flag[2:]}{len(tiles)}.png'
+            assert main(['upscale', '-i', str(src), '-o', str(out), flag, str(model), '--device', 'cpu', *tiles]) == 0
+            outs[flag] = cv2.imread(str(out)).astype(int)
+        assert outs['--onnx'].shape == (80, 144, 3)
+        assert np.abs(outs['--onnx'] - outs['--weights']).max() <= 1  # 1e-4 on [0, 1] at most flips a rounding
+    assert 'onnxruntime (CPUExecutionProvider)' in capsys.readouterr().out
+    assert main(['upscale', '-i', str(src), '-o', str(tmp_path / 'h.png'), '--onnx', str(result.path), '--half']) == 2
+    assert "--half/--compile/--fused-attention do not apply to --onnx" in capsys.readouterr().err
+    assert main(['upscale', '-i', str(src), '-o', str(tmp_path / 's.png'), '--onnx', str(result.path),
+                 '--scale', '2']) == 2
+    assert 'holds an x4 ELAN but --scale 2' in capsys.readouterr().err
+
+
+def test_export_command_reads_checkpoints_refuses_overwrite_and_reports_disagreement(tmp_path, capsys):
+    net = calibrated(ELAN(upscale=2, **TINY), to_tensor(photo(32, 32)))
+    authors, trainner = tmp_path / 'model_x2_5.pt', tmp_path / 'net_g_100.safetensors'
+    save_authors_checkpoint(net, authors)
+    save_file(calibrated(ELAN(upscale=2, **TINY, rgb_mean=None, img_range=1.), to_tensor(photo(32, 32)))
+              .state_dict(), str(trainner))
+    out = tmp_path / 'elan.onnx'
+    assert main(['export', str(authors), str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "(authors' checkpoint)" in printed and re.search(r'max \|diff\| \S+ at 1x3x19x13, \S+ at 2x3x9x16', printed)
+    before = out.read_bytes()
+    assert main(['export', str(trainner), str(out)]) == 2
+    assert 'already exists; pass --force' in capsys.readouterr().err and out.read_bytes() == before
+    assert main(['export', str(trainner), str(out), '--force']) == 0
+    runtime, reference = OnnxNetwork(out), ELAN(upscale=2, **TINY, rgb_mean=None, img_range=1.)
+    reference.load_state_dict(elan_arch.deploy.checkpoint.read_checkpoint(str(trainner)).state_dict)
+    x = smooth_images(1, 3, 21, 19, seed=5)
+    with torch.no_grad():
+        assert (runtime(x) - reference.eval()(x)).abs().max() < 1e-4
+    # a disagreement beyond the limit fails with the measured numbers and writes nothing
+    failed = tmp_path / 'failed.onnx'
+    assert main(['export', str(authors), str(failed), '--tolerance', '0']) == 2
+    err = capsys.readouterr().err
+    assert re.search(r'disagrees with PyTorch: max \|diff\| [0-9.e-]+ at \(1, 3, 19, 13\)', err) and 'limit 0' in err
+    assert not failed.exists() and no_temp_files(tmp_path)
+    assert main(['export', str(authors), str(failed), '--opset', '99']) == 2
+    assert 'ONNX export failed' in capsys.readouterr().err and not failed.exists() and no_temp_files(tmp_path)
+
+
+@pytest.mark.slow
+def test_dynamo_exporter_gives_the_same_model(tmp_path):
+    # two ELABs of one (LFE, GMSA) pair: an unshifted and a shifted one, in few ops (this exporter is slow)
+    net = calibrated(ELAN(upscale=3, c_elan=15, m_elan=2, n_share=0), to_tensor(photo(32, 32)))
+    result = export_onnx(net, tmp_path / 'dynamo.onnx', {}, dynamo=True)
+    assert result.metadata['elan.opset'] == '18' and all(d < 1e-4 for _, d in result.diffs)
+    x = smooth_images(1, 3, 7, 30, seed=1)
+    with torch.no_grad():
+        assert (OnnxNetwork(result.path)(x) - net(x)).abs().max() < 1e-4
+
+
+def test_missing_extra_is_named(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # makes `import onnxruntime` fail
+    with pytest.raises(ElanError, match=r"pip install 'elan-arch\[onnx\]'"):
+        require('onnxruntime', 'onnx', 'elan export')
+
+
+def test_bench_has_an_onnxruntime_row(tmp_path, capsys):
+    assert main(['bench', '--size', '20x27', '--runs', '1', '--warmup', '0', '--models', 'elan-light-onnx',
+                 '--output-dir', str(tmp_path), '--quiet']) == 0
+    table = (tmp_path / 'bench_cpu_x4_20x27.md').read_text()
+    row = re.search(r'^\| ELAN-light \(onnxruntime\) \| 601,488 \| n/a \| (\d+) ', table, re.M)
+    assert row and int(row.group(1)) >= 0

@@ -1,0 +1,173 @@
+"""When a single-process training run goes wrong (``basicsr train`` in subprocesses, the tiny ELAN of
+``helpers_train.TINY`` on the demo LMDB): failed starts leave no folders, ``--auto_resume`` gets past a
+damaged newest checkpoint, a damaged ``path.resume_state`` is an error naming it, a finished run extends
+to a larger ``total_iter``, and a run killed with SIGKILL resumes to bit-identical weights (0 and 2 loader
+workers). The distributed cases are in tests/training/test_elastic.py."""
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import List
+
+import pytest
+import torch
+
+from helpers.train import TEST_ENV, TINY, demo_root, frozen_option, ok, run_python, same_parameters, worker_command
+
+pytestmark = pytest.mark.slow  # basicsr train/test and torchrun in subprocesses
+
+# 12 iterations with checkpoints at 6 and 12; epochs of 10 iterations, so resuming at 6 continues an epoch
+# in its middle and then crosses into the next one.
+SCHEDULE = ['train:total_iter=12', 'train:scheduler:periods=[12]', 'logger:save_checkpoint_freq=6']
+OPTION = 'train_ELAN_light_x4_demo.yml'  # frozen_option's copy in the root
+
+
+def train(root: Path, name: str, *force: str, auto_resume: bool = False) -> subprocess.CompletedProcess:
+    """``basicsr train`` of the tiny network as run ``name`` in ``root``; ``force`` overrides more options."""
+    argv = ['-m', 'elan_arch.cli.basicsr_cmd', 'train', '-opt', str(root / OPTION)] + ['--auto_resume'] * auto_resume
+    return run_python(argv + ['--force_yml', *TINY, *SCHEDULE, f'name={name}', *force], root, TEST_ENV)
+
+
+def final_params(root: Path, name: str) -> dict:
+    return torch.load(root / 'experiments' / name / 'models' / 'net_g_latest.pth')['params']
+
+
+def files_under(folder: Path) -> List[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob('*'))
+
+
+def truncate(path: Path) -> None:
+    """Keep the first half of ``path``, as a full disk or an interrupted copy leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+@pytest.fixture(scope='module')
+def root(tmp_path_factory) -> Path:
+    root = demo_root(tmp_path_factory.mktemp('recovery'))
+    frozen_option(root)
+    return root
+
+
+@pytest.fixture(scope='module')
+def finished(root) -> dict:
+    """An uninterrupted run: states and networks at 6 and 12, and its final parameters."""
+    ok(train(root, 'base'))
+    return final_params(root, 'base')
+
+
+def copy_run(root: Path, name: str) -> Path:
+    """A copy of the finished run ``base`` as run ``name``; its experiment folder."""
+    shutil.copytree(root / 'experiments' / 'base', root / 'experiments' / name)
+    return root / 'experiments' / name
+
+
+def _bad_meta_info_lmdb(root: Path) -> Path:
+    lmdb = root / 'datasets' / 'bad_meta' / 'LQ_x4.lmdb'
+    shutil.copytree(root / 'datasets' / 'demo' / 'DIV2K_train_LR_bicubic_X4_sub.lmdb', lmdb)
+    with open(lmdb / 'meta_info.txt', 'a') as meta:
+        meta.write('9999_s001.png (60,60,3) 1\n')
+    return lmdb
+
+
+FAILED_STARTS = {  # fault: (options that cause it, given the root; what the message says)
+    'missing dataroot': (lambda root: ['datasets:train:dataroot_gt=datasets/demo/missing.lmdb'],
+                         'missing.lmdb does not exist'),
+    'LQ LMDB of another scale': (lambda root: ['scale=2', 'network_g:upscale=2'], 'is not x2 of LQ'),
+    'meta_info key not stored': (lambda root: [f'datasets:train:dataroot_lq={_bad_meta_info_lmdb(root)}'],
+                                 'listed but not stored: 9999_s001'),
+}
+
+
+@pytest.mark.parametrize('fault', sorted(FAILED_STARTS))
+def test_failed_start_leaves_no_folder(root, fault):
+    name = f'failed_{fault.split()[0]}'
+    options, message = FAILED_STARTS[fault]
+    result = train(root, name, 'logger:use_tb_logger=true', *options(root))
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    leftovers = [p for folder in ('experiments', 'tb_logger') for p in (root / folder).glob(f'{name}*')]
+    assert not leftovers
+
+
+def test_start_failing_after_the_folders_restores_the_previous_run(root, finished):
+    before = files_under(root / 'experiments' / 'base')
+    result = train(root, 'base', 'network_g:m_elan=3')  # a fresh start of 'base' that fails building ELAN
+    assert result.returncode == 1 and 'm_elan=3 must be a positive multiple' in result.stderr
+    assert files_under(root / 'experiments' / 'base') == before  # restored from its archive, nothing added
+    assert not list((root / 'experiments').glob('base_archived_*'))
+    # resuming reuses the folder, so the new log stays, with the error in it
+    result = train(root, 'base', 'network_g:m_elan=3', auto_resume=True)
+    assert result.returncode == 1
+    new_logs = sorted(set(files_under(root / 'experiments' / 'base')) - set(before))
+    assert len(new_logs) == 1 and new_logs[0].endswith('.log')
+    log = (root / 'experiments' / 'base' / new_logs[0]).read_text()
+    assert 'Training failed: ValueError: ELAN: m_elan=3 must be a positive multiple' in log
+
+
+@pytest.mark.parametrize('damaged', ['state', 'network'])
+def test_auto_resume_moves_a_damaged_checkpoint_aside_and_resumes_the_previous(root, finished, damaged):
+    exp = copy_run(root, f'damaged_{damaged}')
+    bad = exp / ('training_states/12.state' if damaged == 'state' else 'models/net_g_12.pth')
+    truncate(bad)
+    out = ok(train(root, exp.name, auto_resume=True))
+    warnings = [line for line in out.splitlines() if 'is damaged' in line]
+    assert len(warnings) == 1 and str(bad) in warnings[0] and 'moved aside' in warnings[0]
+    assert (exp / 'training_states' / '12.state.damaged').is_file()
+    assert (exp / 'models' / 'net_g_12.pth.damaged').is_file()
+    assert 'Resuming training from epoch: 0, iter: 6.' in out
+    logs = [path.read_text() for path in exp.glob(f'train_{exp.name}_*.log')]
+    assert sum('is damaged' in log and str(bad) in log for log in logs) == 1  # the warning is in the new log
+    assert same_parameters(final_params(root, exp.name), finished)  # iterations 7-12 again, the same ones
+
+
+def test_a_damaged_resume_state_named_in_the_options_is_an_error(root, finished):
+    exp = copy_run(root, 'explicit')
+    truncate(exp / 'training_states' / '12.state')
+    before = files_under(exp)
+    result = train(root, 'explicit', f'path:resume_state={exp}/training_states/12.state')
+    assert result.returncode == 2
+    assert f'path.resume_state: cannot resume from {exp}/training_states/12.state (' in result.stderr
+    assert 'does not load' in result.stderr and files_under(exp) == before  # nothing moved or made
+
+
+def test_extending_a_finished_run_follows_the_new_schedule(root, finished):
+    copy_run(root, 'extended')
+    result = train(root, 'extended', 'train:total_iter=18', auto_resume=True)
+    assert result.returncode == 2 and '--force_yml train:scheduler:periods=[18]' in result.stderr
+    out = ok(train(root, 'extended', 'train:total_iter=18', 'train:scheduler:periods=[18]', auto_resume=True))
+    assert 'Resuming training from epoch: 1, iter: 12.' in out
+    assert 'scheduler 0: periods [12] -> [18], cumulative_period [12] -> [18]' in out
+    state = torch.load(root / 'experiments' / 'extended' / 'training_states' / '18.state')
+    assert state['iter'] == 18 and state['schedulers'][0]['periods'] == [18]
+
+
+@pytest.mark.parametrize('workers', [0, 2])
+def test_run_killed_with_sigkill_resumes_to_identical_weights(root, finished, tmp_path, workers):
+    name, loader = f'killed_{workers}', f'datasets:train:num_worker_per_gpu={workers}'
+    force = ['--force_yml', *TINY, *SCHEDULE, f'name={name}', loader]
+    killed = subprocess.run(worker_command(tmp_path, force, option=str(root / OPTION)), cwd=root,
+                            env=dict(TEST_ENV, ELAN_TEST_KILL='0:8'), capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    states = root / 'experiments' / name / 'training_states'
+    assert sorted(p.name for p in states.iterdir()) == ['6.state']  # iterations 7 and 8 are lost
+    out = ok(train(root, name, loader, auto_resume=True))
+    assert 'Resuming training from epoch: 0, iter: 6.' in out
+    assert same_parameters(final_params(root, name), finished)
+
+
+def test_a_checkpoint_file_that_does_not_load_back_stops_the_save(tmp_path):
+    """A full disk: basicsr's ``save_network`` only warns when ``torch.save`` fails and leaves the file truncated."""
+    from types import SimpleNamespace
+
+    from elan_arch.training import basicsr_fixes
+    from elan_arch.utils.errors import ElanError
+
+    def save_network(model):
+        (Path(model.opt['path']['models']) / 'net_g_8.pth').write_bytes(b'PK\x03\x04 cut short')
+
+    model = SimpleNamespace(opt={'rank': 0, 'path': {'models': str(tmp_path / 'models')}})
+    with pytest.raises(ElanError, match=r'could not write .*/models/net_g_8.pth \(does not load.*disk full'):
+        basicsr_fixes._saved_atomically(save_network, 'models')(model)
+    assert list((tmp_path / 'models').iterdir()) == [] and model.opt['path']['models'] == str(tmp_path / 'models')
