@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: install install-test demo test
+.PHONY: install install-test demo lint test test-fast
 
 # basicsr 1.4.2 ships only an sdist whose build requirements name an unpinned torch:
 # pip's isolated build would download the newest torch (GBs) just to build it. So torch and
@@ -20,5 +20,14 @@ install-test: install
 demo: install
 	$(PYTHON) -m elan_arch.demo
 
-test: install-test
+# Lint (ruff.toml: pyflakes and pycodestyle at 120 columns); part of `make test`, so CI runs it.
+lint: install-test
+	$(PYTHON) -m ruff check .
+
+# Everything CI runs: lint, then the whole test suite.
+test: lint
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# A developer's loop of a minute or two: no subprocess training runs, kernel compiles or ONNX sweeps.
+test-fast: install-test
+	$(PYTHON) -m pytest -m 'not slow' $(PYTEST_ARGS)

@@ -34,7 +34,7 @@ setup(
         'onnx': ['onnx', 'onnxruntime', 'onnxscript'],
         # `import elan_arch.spandrel_support`: ELAN in spandrel (chaiNNer, ComfyUI)
         'spandrel': ['spandrel'],
-        'test': ['pytest>=7', 'pytest-timeout', 'onnx', 'onnxruntime', 'onnxscript', 'spandrel'],
+        'test': ['pytest>=7', 'pytest-timeout', 'ruff', 'onnx', 'onnxruntime', 'onnxscript', 'spandrel'],
     },
     entry_points={
         'console_scripts': [

@@ -8,9 +8,9 @@ from elan_arch.utils import basicsr_compat
 
 basicsr_compat.apply()
 
-from elan_arch import archs  # noqa: E402  (registration happens on import)
-from elan_arch import data  # noqa: E402
-from elan_arch import models  # noqa: E402
+from elan_arch import archs  # noqa: E402, F401  (registration happens on import)
+from elan_arch import data  # noqa: E402, F401
+from elan_arch import models  # noqa: E402, F401
 from elan_arch.archs import ELAN, ELAN_VARIANTS  # noqa: E402
 
 __version__ = '0.1.0'

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The benchmark behind the README's inference figures (a script, not a test: it takes minutes).
+"""The benchmark behind the inference figures of docs/performance.md (a script, not a test: it takes minutes).
 
 1. ``elan bench``: ELAN-light / ELAN (fast path), ELAN-light on the reference arithmetic,
    BasicSR's SwinIR-light and EDSR baseline, x4 on a 176x320 LR input, in one run.
@@ -210,7 +210,8 @@ def main() -> int:
                       f'{" --half" if args.half else ""} --threads {args.threads} --skip-bench`\n',
                       upscale_memory(args, work, work / 'elan_light_x4.pth'), '', tiling_agreement(net)]
             if torch.device(args.device).type == 'cuda':
-                report += ['', f'Peak GPU memory of the same upscaling in this process ({torch.cuda.get_device_name()}):\n',
+                gpu = torch.cuda.get_device_name()
+                report += ['', f'Peak GPU memory of the same upscaling in this process ({gpu}):\n',
                            upscale_gpu_memory(net, torch.device(args.device),
                                               torch.float16 if args.half else torch.float32)]
         out = args.output_dir / f'upscale_{tag}.md'

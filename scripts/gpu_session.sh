@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The GPU checks this project still owes, as one command for a session that is lent a GPU machine (the
-# `device` tool: a bare machine with PyTorch and Triton but no basicsr, no network, one call of at most
+# The CUDA tests and GPU measurements, as one command for a bare GPU machine (e.g. one reached through the
+# `device` tool: a machine with PyTorch and Triton but no basicsr, no network, one call of at most
 # 10 minutes, 15 minutes of device time in all). In order of importance, each step time-limited, all within
 # about 9 minutes (a step that would start with less than a minute left is skipped):
-#   1. tests/test_window_kernels.py on CUDA (the fused attention kernels in float32, float16, bfloat16,
+#   1. tests/archs/test_window_kernels.py on CUDA (the fused attention kernels in float32, float16, bfloat16,
 #      whole networks, autocast);
 #   2. `elan bench --train` at the paper recipes' steps, float32 and bf16: ELAN-light (batch 64 of 64x64 LR
 #      patches) and ELAN (batch 32 of 48x48): reference arithmetic, fast path (1x1 convolutions kept as cuDNN's
@@ -14,7 +14,7 @@
 #      reference vs fused attention, float32 and bf16;
 #   5. `elan bench` inference, float32 and float16, with and without fused attention;
 #   6. `elan upscale` of a folder of 50 photos of 480x640, each image in turn and pipelined (images/s, I/O share);
-#   7. tests/test_cuda.py (AMP training, resume, NCCL torchrun, inference; passed on an H100 before);
+#   7. tests/cuda/test_cuda.py (AMP training, resume, NCCL torchrun, inference; passed on an H100 before);
 #   8. `elan bench --compile reduce-overhead` (CUDA graphs) against eager on 64x64 tiles in float16.
 #
 # Here, once (downloads what the GPU image lacks, basicsr and lmdb, into .whl/, which git ignores):
@@ -64,7 +64,7 @@ nvidia-smi -L
 python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name())'
 # if the kernels fail on this GPU, the benchmarks still measure the reference and the fast path without them
 # (a time-out, 124, is no verdict: they stay in)
-step kernel-tests 120 python3 -m pytest -q -p no:cacheprovider -x tests/test_window_kernels.py
+step kernel-tests 120 python3 -m pytest -q -p no:cacheprovider -x tests/archs/test_window_kernels.py
 status=$?
 if [ $status -eq 0 ] || [ $status -eq 124 ]; then
     LIGHT_FUSED=elan-light-fused ELAN_FUSED=elan-fused RECIPE_FUSED="fp32+fused bf16+fused"
@@ -91,7 +91,7 @@ step infer-bench-half 45 python3 -m elan_arch bench --device cuda --half --model
     $ELAN_FUSED --output-dir "$OUT" --force --quiet
 step folder-upscale 60 python3 scripts/benchmark.py --device cuda --skip-bench --skip-upscale --folder 50 480x640 \
     --output-dir "$OUT"
-step cuda-tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step cuda-tests 150 python3 -m pytest -q -p no:cacheprovider tests/cuda/test_cuda.py
 for mode in eager reduce-overhead; do
     step "tile-bench-$mode" 60 python3 -m elan_arch bench --device cuda --half --size 64x64 --runs 30 \
         $([ $mode = eager ] || echo --compile $mode) --models elan-light elan-light-ref --output-dir "$OUT/tile64-$mode" \

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Seconds per iteration of the paper recipes through ``basicsr train``, data loading included
-(a script, not a test: on a GPU it takes a few minutes; meant to be one command of a GPU session).
+(a script, not a test: on a GPU it takes a few minutes; ``scripts/gpu_session.sh`` runs it).
 
 1. Training data the DIV2K way: ``elan prepare div2k`` (480-pixel crops every 240, LMDB) of the demo
    photos (``elan prepare demo`` first if ``datasets/demo`` is missing), under ``--root``.
@@ -61,7 +61,7 @@ def prepare_data(root: Path, demo: Path) -> Tuple[Path, Path]:
     """The x4 LMDB pair of 480-pixel crops of the demo photos under ``root`` (built once)."""
     import elan_arch  # noqa: F401  (before basicsr)
     from elan_arch.prepare import prepare_div2k
-    from elan_arch.demo import ensure_demo_data
+    from elan_arch.demo.run import ensure_demo_data
 
     ensure_demo_data(demo)
     gt, lq = root / 'DIV2K_train_HR_sub.lmdb', root / 'DIV2K_train_LR_bicubic_X4_sub.lmdb'
@@ -95,9 +95,11 @@ def run(option: Path, variant: str, args: argparse.Namespace, gt: Path, lq: Path
                  'logger:use_tb_logger=false',
                  f'datasets:train:dataroot_gt={gt}', f'datasets:train:dataroot_lq={lq}',
                  f'datasets:train:batch_size_per_gpu={batch}', 'datasets:train:dataset_enlarge_ratio=1000',
-                 f'datasets:val:dataroot_gt={demo / "val" / "GTmod12"}', f'datasets:val:dataroot_lq={demo / "val" / "LRbicx4"}',
+                 f'datasets:val:dataroot_gt={demo / "val" / "GTmod12"}',
+                 f'datasets:val:dataroot_lq={demo / "val" / "LRbicx4"}',
                  'datasets:val:io_backend:type=disk', *variant_overrides(variant), *args.set]
-    command = [sys.executable, '-m', 'elan_arch.cli.basicsr_cmd', 'train', '-opt', str(option), '--force_yml', *overrides]
+    command = [sys.executable, '-m', 'elan_arch.cli.basicsr_cmd', 'train', '-opt', str(option),
+               '--force_yml', *overrides]
     start = time.perf_counter()
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
@@ -110,12 +112,14 @@ def run(option: Path, variant: str, args: argparse.Namespace, gt: Path, lq: Path
         shutil.rmtree(folder, ignore_errors=True)
     speed = seconds_per_iteration(output, args.warmup)
     total = int(opt['train']['total_iter'])
-    return {'option': option.name, 'variant': variant, 'batch': reported['batch_size_per_gpu'], 'patch': reported['gt_size'],
+    return {'option': option.name, 'variant': variant, 'batch': reported['batch_size_per_gpu'],
+            'patch': reported['gt_size'],
             'status': status, 'wall': wall, 'speed': speed, 'total_iter': total}
 
 
 def table(rows: Sequence[Dict[str, object]]) -> str:
-    lines = ['| option file | variant | total batch | HR patch | s / iteration | data s / iteration | whole schedule | run |',
+    lines = ['| option file | variant | total batch | HR patch | s / iteration | data s / iteration | whole schedule '
+             '| run |',
              '|---|---|---:|---:|---:|---:|---:|---|']
     for r in rows:
         speed = r['speed']

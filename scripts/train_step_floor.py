@@ -12,7 +12,7 @@ the fast step with every window attention replaced by the identity (``y = v``), 
 attention kernel, however fused, can bring.
 
 Usage: ``python scripts/train_step_floor.py [--variant light|full] [--batch 8] [--patch 32] [--threads 2]``;
-prints a markdown table (the README quotes it).
+prints a markdown table (docs/performance.md quotes it).
 """
 from __future__ import annotations
 

@@ -131,7 +131,7 @@ if triton is not None:
                  mask=mask[None, :])
 
     @triton.jit
-    def _attention_forward(Q, V, O, LSE, ORDER, stride_q, stride_v, stride_o, stride_lse,
+    def _attention_forward(Q, V, O, LSE, ORDER, stride_q, stride_v, stride_o, stride_lse,  # noqa: E741  (Triton kernels name their tensors in capitals)
                            q_offset, v_offset, o_offset, lse_offset,
                            TOKENS: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
                            STORE_LSE: tl.constexpr, PRECISION: tl.constexpr):

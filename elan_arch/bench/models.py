@@ -25,7 +25,7 @@ MODELS: Dict[str, str] = {
     'edsr': 'EDSR-baseline',
 }
 BASELINE = 'swinir-light'
-#: Measured only when named in ``--models``: the ONNX export needs an extra (``pip install 'elan-arch[onnx]'``),
+#: Measured only when named in ``--models``: the ONNX export needs an extra (``pip install -e '.[onnx]'`` in a clone),
 #: ELAN's reference arithmetic is slow to wait for, the fused attention kernels need CUDA (``ELAN.fused_attention``).
 OPTIONAL_MODELS = ('elan-light-onnx', 'elan-ref', 'elan-light-fused', 'elan-fused')
 #: ``--train``'s default models.

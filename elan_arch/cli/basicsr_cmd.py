@@ -41,7 +41,8 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--local_rank', '--local-rank', dest='local_rank', type=int, default=0,
                         help='set by torch.distributed.launch; ignored (torchrun sets LOCAL_RANK)')
     parser.add_argument('--force_yml', nargs='+', default=None, metavar='KEY=VALUE',
-                        help='override existing options, e.g. train:total_iter=1000 datasets:train:batch_size_per_gpu=8')
+                        help='override existing options, e.g. train:total_iter=1000 '
+                        'datasets:train:batch_size_per_gpu=8')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,7 +130,8 @@ def user_argv(args: argparse.Namespace) -> List[str]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    """basicsr's training pipeline with signals handled and a failed start undone (:mod:`elan_arch.training.startup`)."""
+    """basicsr's training pipeline with signals handled and a failed start undone
+    (:mod:`elan_arch.training.startup`)."""
     from basicsr.train import train_pipeline
 
     from elan_arch.training import elastic, interrupt, startup

@@ -81,9 +81,11 @@ def run_training(args: argparse.Namespace, device, where: str) -> int:
                                            args.scale, device, amp, args.runs, args.warmup, not args.quiet,
                                            compile_mode=args.compile)
     compiled = f', forward under torch.compile ({args.compile}) as train.compile' if args.compile else ''
-    setup = (f'Training step (forward, L1, backward, Adam) at x{args.scale}, batch {args.batch} of {args.patch}x{args.patch} '
+    setup = (f'Training step (forward, L1, backward, Adam) at x{args.scale}, '
+             f'batch {args.batch} of {args.patch}x{args.patch} '
              f'LR patches, {where}, {args.amp or "float32"}{compiled}; median of {args.runs} steps after {args.warmup} '
-             f'warm-up, models interleaved; torch {torch.__version__}; command: `elan bench --train --device {args.device} '
+             f'warm-up, models interleaved; torch {torch.__version__}; '
+             f'command: `elan bench --train --device {args.device} '
              f'--batch {args.batch} --patch {args.patch}{" --amp " + args.amp if args.amp else ""}'
              f'{f" --compile {args.compile}" if args.compile else ""}'
              f'{f" --threads {args.threads}" if args.threads else ""} --runs {args.runs} --warmup {args.warmup}'

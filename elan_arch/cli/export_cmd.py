@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         'window multiple and the crop are inside the graph, so any size >= 1 pixel works. The attention '
         'logits stay float32 in a --half model. The model is then run with onnxruntime on the CPU against '
         f'PyTorch at input shapes {checks} (batch x H x W, not the traced one); if the largest difference exceeds '
-        f'--tolerance (default {TOLERANCE[torch.float32]:g} for float32, {TOLERANCE[torch.float16]:g} for float16), the '
+        f'--tolerance (default {TOLERANCE[torch.float32]:g} for float32, '
+        f'{TOLERANCE[torch.float16]:g} for float16), the '
         'command fails with the measured difference and writes nothing. OUT is written atomically.')
     parser.add_argument('weights', help='ELAN checkpoint (.pth/.pt/.safetensors)')
     parser.add_argument('out', help='ONNX model to write (.onnx)')
@@ -32,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         'the TorchScript-based one')
     parser.add_argument('--tolerance', type=float, metavar='D',
                         help='largest accepted max |onnxruntime - PyTorch| on [0, 1] outputs (default: '
-                        f'{TOLERANCE[torch.float32]:g}, with --half {TOLERANCE[torch.float16]:g}: float16 rounding through '
+                        f'{TOLERANCE[torch.float32]:g}, with --half {TOLERANCE[torch.float16]:g}: '
+                        'float16 rounding through '
                         'full ELAN\'s 36 blocks alone reaches a few 1e-3)')
     add_reading_options(parser, 'WEIGHTS')
     parser.add_argument('--force', action='store_true', help='replace OUT if it exists')

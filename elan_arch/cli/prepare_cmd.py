@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         'See datasets/README.md.')
     sub = parser.add_subparsers(dest='what', required=True, metavar='WHAT')
 
-    div2k = sub.add_parser('div2k', help='DIV2K folder -> DIV2K_train_HR_sub.lmdb + DIV2K_train_LR_bicubic_X{s}_sub.lmdb',
+    div2k = sub.add_parser('div2k',
+                           help='DIV2K folder -> DIV2K_train_HR_sub.lmdb + DIV2K_train_LR_bicubic_X{s}_sub.lmdb',
                            description='Crop DIV2K_train_HR (and DIV2K_train_LR_bicubic/X{s}, or LR made from HR '
                            'by MATLAB bicubic where that folder is missing) into aligned sub-images and store them '
                            'in BasicSR LMDBs with meta_info.txt.')
@@ -37,14 +38,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     div2k.add_argument('--crop-size', type=int, default=480, help='HR crop size (default: 480, BasicSR)')
     div2k.add_argument('--step', type=int, default=240, help='HR crop stride (default: 240, BasicSR)')
     div2k.add_argument('--keep-subimages', action='store_true',
-                       help='also keep the crops as PNG folders DIV2K_train_HR_sub/ and DIV2K_train_LR_bicubic/X{s}_sub/')
+                       help='also keep the crops as PNG folders DIV2K_train_HR_sub/ and '
+                       'DIV2K_train_LR_bicubic/X{s}_sub/')
     _common(div2k)
 
     bench = sub.add_parser('benchmark', help='HR test images -> <set>/GTmod12 + <set>/LRbicx{s}',
                            description='Mod-crop HR test images to a multiple of 12 (GTmod12/) and make their LR '
                            'images by MATLAB bicubic (LRbicx{s}/), the layout of BasicSR\'s test option files.')
     bench.add_argument('--input', required=True, nargs='+',
-                       help='set folders with their HR images directly inside or in HR/ (e.g. datasets/Set5 datasets/Set14)')
+                       help='set folders with their HR images directly inside or in HR/ '
+                       '(e.g. datasets/Set5 datasets/Set14)')
     bench.add_argument('--output', help='output set folder (only with one --input; default: the set folder)')
     _common(bench)
 
@@ -59,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            description='Check meta_info.txt against the LMDB keys, that GT and LQ hold the same '
                            'keys, and that every GT image is --scale times its LQ image.')
     check.add_argument('--gt', required=True, help='GT LMDB folder (e.g. datasets/DIV2K/DIV2K_train_HR_sub.lmdb)')
-    check.add_argument('--lq', required=True, help='LQ LMDB folder (e.g. datasets/DIV2K/DIV2K_train_LR_bicubic_X4_sub.lmdb)')
+    check.add_argument('--lq', required=True,
+                       help='LQ LMDB folder (e.g. datasets/DIV2K/DIV2K_train_LR_bicubic_X4_sub.lmdb)')
     check.add_argument('--scale', type=int, required=True, help='upscale factor between the two')
     parser.set_defaults(func=run)
 

@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_device_options(parser, 'auto', 'torch.compile the network (slower on CPU in our measurements)')
     parser.add_argument('--fused-attention', action='store_true',
                         help='window attention as the fused Triton kernels (CUDA; opt-in, not yet timed on a GPU: '
-                        'see the README; not under --compile, which fuses the attention itself)')
+                        'see docs/upscaling.md; not under --compile, which fuses the attention itself)')
     parser.add_argument('--io-threads', type=int, metavar='N',
                         help='threads that encode and write PNGs while the network runs, besides one that reads '
                         'the next image ahead; 0: read, upscale and write each image in turn. Default: '
@@ -111,7 +111,8 @@ def _out_of_memory(err: RuntimeError) -> bool:
 
 def _upscale(net, src: Path, rgb: np.ndarray, scale: int, multiple: int, args: argparse.Namespace,
              out_dtype: type) -> np.ndarray:
-    """The (H*scale, W*scale, 3) RGB output of ``rgb`` in ``out_dtype`` (as :func:`~elan_arch.inference.upscale.upscale_array`).
+    """The (H*scale, W*scale, 3) RGB output of ``rgb`` in ``out_dtype``
+    (as :func:`~elan_arch.inference.upscale.upscale_array`).
 
     Out of memory, it tries again in tiles, saying so: :data:`~elan_arch.inference.upscale.DEFAULT_TILE` pixels (at most
     half the image) after a whole image, half the tile after tiles, down to 32 pixels; ElanError (naming ``src``)
@@ -142,8 +143,8 @@ def _upscale(net, src: Path, rgb: np.ndarray, scale: int, multiple: int, args: a
 
 
 def _write(dst: Path, out: np.ndarray, force: bool) -> None:
-    """Write ``out`` (as :func:`~elan_arch.inference.image_io.upscale_picture` returns it) to ``dst`` as PNG, atomically;
-    ElanError naming ``dst`` if the file system refuses."""
+    """Write ``out`` (as :func:`~elan_arch.inference.image_io.upscale_picture` returns it) to ``dst`` as PNG,
+    atomically; ElanError naming ``dst`` if the file system refuses."""
     from elan_arch.utils.images import write_png
     from elan_arch.utils.fileio import atomic_path
 

@@ -113,7 +113,8 @@ def check_lmdb_pair(gt_lmdb: PathLike, lq_lmdb: PathLike, scale: int, names: Tup
     gt, lq = _check_one(gt_dir, names[0], samples), _check_one(lq_dir, names[1], samples)
     if set(gt) != set(lq):
         raise ElanError(f'{names[0]} {gt_dir} and {names[1]} {lq_dir} hold different keys (only in GT: '
-                        f'{_examples(set(gt) - set(lq)) or "none"}; only in LQ: {_examples(set(lq) - set(gt)) or "none"}); '
+                        f'{_examples(set(gt) - set(lq)) or "none"}; '
+                        f'only in LQ: {_examples(set(lq) - set(gt)) or "none"}); '
                         f'they must come from the same `elan prepare` run')
     for key in sorted(gt):
         (gh, gw, gc), (lh, lw, lc) = gt[key], lq[key]

@@ -209,7 +209,8 @@ class ExportResult:
         checks = ', '.join(f'{d:.1e} at {"x".join(map(str, s))}' for s, d in self.diffs)
         return (f'{self.path}: {self.metadata["elan.variant"]} x{self.metadata["elan.scale"]}, '
                 f'{self.metadata["elan.dtype"]}, opset {self.metadata["elan.opset"]}; '
-                + (f'onnxruntime vs PyTorch max |diff| {checks} (limit {self.tolerance:g})' if checks else 'not checked'))
+                + (f'onnxruntime vs PyTorch max |diff| {checks} (limit {self.tolerance:g})' if checks
+                   else 'not checked'))
 
 
 def export_onnx(net: ELAN, path: PathLike, config: Dict[str, Any], half: bool = False, opset: int = OPSET,

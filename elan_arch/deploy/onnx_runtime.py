@@ -27,7 +27,8 @@ def providers_for(device: str) -> List[str]:
         device = 'cuda' if 'CUDAExecutionProvider' in available else 'cpu'
     if device.startswith('cuda'):
         if 'CUDAExecutionProvider' not in available:
-            raise ElanError(f'--device {device}: this onnxruntime has no CUDA provider (it has {", ".join(available)}); '
+            raise ElanError(f'--device {device}: this onnxruntime has no CUDA provider '
+                            f'(it has {", ".join(available)}); '
                             'install onnxruntime-gpu or use --device cpu')
         return ['CUDAExecutionProvider', 'CPUExecutionProvider']
     return ['CPUExecutionProvider']

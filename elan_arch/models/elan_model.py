@@ -55,8 +55,9 @@ class ELANModel(SRModel):
       output clamped to [0, 1]) for images too large for memory and
       ``val.self_ensemble: true`` for the x8 flip/transpose ensemble.
     * ``train.amp: bf16 | fp16``: forward pass under autocast (fp16 with a gradient scaler,
-      whose state the training states carry as ``grad_scaler`` for resuming), loss in float32. ``train.compile: true`` (or a mapping of ``torch.compile`` arguments)
-      compiles the training forward pass; validation and saving use the eager network.
+      whose state the training states carry as ``grad_scaler`` for resuming), loss in float32.
+      ``train.compile: true`` (or a mapping of ``torch.compile`` arguments) compiles the training forward pass;
+      validation and saving use the eager network.
 
     Images are (B, 3, H, W) RGB float in [0, 1]; outputs (B, 3, H*scale, W*scale).
     """

@@ -88,7 +88,8 @@ def prepare_benchmark(inputs: Union[PathLike, Sequence[PathLike]], output: Optio
     scales = check_scales(scales)
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     if output is not None and len(inputs) != 1:
-        raise ElanError(f'--output needs exactly one --input (got {len(inputs)}); leave it out to write into each set folder')
+        raise ElanError(f'--output needs exactly one --input (got {len(inputs)}); '
+                        'leave it out to write into each set folder')
     sets: List[Tuple[Path, List[Path], Dict[int, Path]]] = []
     for set_dir in map(Path, inputs):
         hr_dir, out_dir = _locate(set_dir, Path(output) if output is not None else None)
@@ -108,7 +109,8 @@ def prepare_benchmark(inputs: Union[PathLike, Sequence[PathLike]], output: Optio
                 written += result.crops
                 summary.skipped += [result.skipped] if result.skipped else []
             if not written:
-                raise ElanError(f'no image of {out_dir} is at least {gt_modulo(scales)} pixels on both sides; check --input')
+                raise ElanError(f'no image of {out_dir} is at least {gt_modulo(scales)} pixels on both sides; '
+                                'check --input')
             summary.bytes += sum(tree_bytes(p) for p in tmp.values())
         summary.images += len(images)
         summary.crops += written

@@ -66,7 +66,8 @@ def div2k_subimage_dirs(output: Path, scales: Iterable[int]) -> Dict[int, Path]:
 
 
 def find_lr_images(root: Path, hr_files: List[Path], scales: Tuple[int, ...]) -> Dict[Path, Dict[int, Optional[Path]]]:
-    """For each HR file, its LR file per scale (``0001x2.png`` or ``0001.png``), or None where the LR folder is missing."""
+    """For each HR file, its LR file per scale (``0001x2.png`` or ``0001.png``), or None where the LR folder
+    is missing."""
     found: Dict[Path, Dict[int, Optional[Path]]] = {hr: {} for hr in hr_files}
     for scale in scales:
         folder = root / LR_FOLDER / f'X{scale}'
@@ -114,7 +115,8 @@ def prepare_div2k(input: PathLike, output: Optional[PathLike] = None, scales: It
     with contextlib.ExitStack() as stack:
         tmp_lmdbs = {s: stack.enter_context(atomic_path(p, overwrite=force)) for s, p in lmdbs.items()}
         if keep_subimages:
-            crop_dirs = {s: stack.enter_context(atomic_path(p, overwrite=force, is_dir=True)) for s, p in subdirs.items()}
+            crop_dirs = {s: stack.enter_context(atomic_path(p, overwrite=force, is_dir=True))
+                         for s, p in subdirs.items()}
         else:
             staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix='.elan-crops-', dir=out)))
             crop_dirs = {s: staging / p.name for s, p in subdirs.items()}

@@ -84,7 +84,8 @@ def tree_bytes(path: Path) -> int:
 
 @dataclass
 class PrepareSummary:
-    """What a preparation run did: source images, crops per dataset (sub-images, or mod-cropped test images), bytes, seconds."""
+    """What a preparation run did: source images, crops per dataset (sub-images, or mod-cropped test images),
+    bytes, seconds."""
 
     images: int = 0
     crops: int = 0

@@ -8,9 +8,10 @@ from elan_arch.utils.errors import ElanError
 
 
 def require(module: str, extra: str, feature: str) -> ModuleType:
-    """Import ``module`` or raise :class:`ElanError` saying ``feature`` needs ``pip install 'elan-arch[extra]'``."""
+    """Import ``module`` or raise :class:`ElanError` saying ``feature`` needs the pip extra ``extra``."""
     try:
         return importlib.import_module(module)
     except ImportError as err:
         raise ElanError(f'{feature} needs the Python package {module.split(".")[0]!r}, which is not installed '
-                        f"({err}); install it with: pip install 'elan-arch[{extra}]'") from err
+                        f"({err}); install it with: pip install -e '.[{extra}]' in a clone of this repository, "
+                        f"or pip install {module.split('.')[0]}") from err
