@@ -43,9 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help='an `elan export` model run by onnxruntime instead (CPU, or CUDA with onnxruntime-gpu; '
                        'its dtype is fixed at export, so no --half/--compile)')
     parser.add_argument('--scale', type=int, help='expected upscale factor: refuse weights of another scale')
-    parser.add_argument('--tile', type=int, nargs='?', const=DEFAULT_TILE, default=0, metavar='N',
-                        help=f'process in N x N tiles (input pixels, rounded up to a multiple of 16); '
-                        f'--tile alone: {DEFAULT_TILE}; default: the whole image at once')
+    parser.add_argument('--tile', type=int, nargs='?', const=DEFAULT_TILE, metavar='N',
+                        help=f'process in N x N tiles (input pixels, rounded up to a multiple of 16, N >= 1); '
+                        f'--tile alone: {DEFAULT_TILE}; without --tile: the whole image at once')
     parser.add_argument('--tile-overlap', type=int, default=DEFAULT_OVERLAP, metavar='M',
                         help=f'minimum overlap of neighbouring tiles in input pixels (default: {DEFAULT_OVERLAP})')
     add_device_options(parser, 'auto', 'torch.compile the network (slower on CPU in our measurements)')
@@ -57,6 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         'the next image ahead; 0: read, upscale and write each image in turn. Default: '
                         f'{default_writers()} here (the CPU cores but one, up to 8) when the network runs on a GPU, '
                         '0 on the CPU, whose cores the network uses itself')
+    parser.add_argument('--allow-damaged', action='store_true',
+                        help='upscale damaged inputs that still decode (a truncated or corrupt JPEG, TIFF...) with a '
+                        'warning each, instead of failing them; the damage shows in the output')
     parser.add_argument('--force', action='store_true', help='replace output files that already exist')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
     parser.set_defaults(func=run)
@@ -123,7 +126,7 @@ def _upscale(net, src: Path, rgb: np.ndarray, scale: int, multiple: int, args: a
 
     from elan_arch.inference.upscale import DEFAULT_TILE, upscale_array
 
-    tile = args.tile
+    tile = args.tile or 0
     while True:
         try:
             return upscale_array(net, rgb, scale, multiple, tile=tile, overlap=args.tile_overlap,
@@ -197,8 +200,11 @@ def run(args: argparse.Namespace) -> int:
     from elan_arch.inference.image_io import read_picture, upscale_picture
     from elan_arch.inference.pipeline import default_writers, run_pipeline
 
-    if args.tile < 0 or args.tile_overlap < 0 or (args.io_threads or 0) < 0:
-        raise ElanError('--tile, --tile-overlap and --io-threads must be >= 0')
+    if args.tile is not None and args.tile < 1:
+        raise ElanError(f'--tile {args.tile}: a tile size must be at least 1; use no --tile for whole images '
+                        '(--tile alone: 256-pixel tiles)')
+    if args.tile_overlap < 0 or (args.io_threads or 0) < 0:
+        raise ElanError('--tile-overlap and --io-threads must be >= 0')
     jobs, skipped = plan_jobs(args.input, args.output, args.force)
     net, scale, multiple, where = load_model(args)
     threads = args.io_threads
@@ -206,7 +212,15 @@ def run(args: argparse.Namespace) -> int:
         threads = default_writers() if placement(net)[0].type == 'cuda' else 0
     for path in skipped:
         print(f'elan upscale: skipped {path}: not an image file', file=sys.stderr)
-    output_pixels = {}
+    output_pixels, damaged = {}, []
+
+    def read(job: Job) -> Picture:
+        picture = read_picture(job[0], args.allow_damaged)
+        if picture.damage:
+            damaged.append(job[0])
+            tqdm.write(f'elan upscale: WARNING: {job[0]} is DAMAGED ({picture.damage}); upscaling it anyway '
+                       '(--allow-damaged): the damage will show in its output', file=sys.stderr)
+        return picture
 
     def compute(job: Job, picture: Picture) -> np.ndarray:
         out = upscale_picture(picture, lambda rgb, dtype: _upscale(net, job[0], rgb, scale, multiple, args, dtype))
@@ -219,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
         tqdm.write(f'elan upscale: failed: {err}', file=sys.stderr)
 
     with tqdm(total=len(jobs), unit='image', disable=args.quiet or len(jobs) == 1) as bar:
-        stats = run_pipeline(jobs, lambda job: read_picture(job[0]), compute,
+        stats = run_pipeline(jobs, read, compute,
                              lambda job, out: _write(job[1], out, args.force), threads,
                              on_error=failed, on_done=lambda job: bar.update())
     destination = args.output if args.input.is_dir() else jobs[0][1]
@@ -229,6 +243,9 @@ def run(args: argparse.Namespace) -> int:
     print(f'{stats.wall:.1f} s: {done / wall:.2f} images/s, {megapixels / wall:.2f} output megapixels/s; '
           f'network {stats.compute:.1f} s, waiting {stats.read_wait:.1f} s for reading and {stats.write_wait:.1f} s '
           f'for writing ({threads} writer thread{"s" if threads != 1 else ""})')
+    if damaged:
+        print(f'elan upscale: WARNING: {len(damaged)} damaged input(s) upscaled anyway (--allow-damaged): '
+              f'{", ".join(map(str, damaged))}', file=sys.stderr)
     if stats.failed:
         names = ', '.join(str(job[0]) for job, _ in stats.failed)
         print(f'elan upscale: {len(stats.failed)} image(s) failed: {names}', file=sys.stderr)

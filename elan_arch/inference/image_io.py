@@ -7,6 +7,8 @@ alpha) is what the output PNG is.
 * An alpha channel is upscaled by the network too (as three equal channels, as Real-ESRGAN's inference
   does), or simply repeated when it is constant (fully opaque images cost nothing more).
 * EXIF orientation is applied as OpenCV applies it to the colour (the alpha follows the same turn).
+* A damaged file (truncated, corrupt: :func:`elan_arch.utils.images.decode_file`, the reader ``elan prepare``
+  uses too) is an error naming it, unless ``allow_damaged``: then :attr:`Picture.damage` says what is wrong.
 """
 from __future__ import annotations
 
@@ -27,11 +29,13 @@ Upscale = Callable[[np.ndarray, type], np.ndarray]
 @dataclass
 class Picture:
     """An input image: ``rgb`` (H, W, 3) float32 in [0, 1], ``alpha`` (H, W) float32 in [0, 1] or None,
-    ``grey`` whether it came as one channel, ``dtype`` the output's sample type (uint8 or uint16)."""
+    ``grey`` whether it came as one channel, ``dtype`` the output's sample type (uint8 or uint16), ``damage`` the
+    decoders' report on a damaged file read with ``allow_damaged`` (None for an intact one)."""
     rgb: np.ndarray
     alpha: Optional[np.ndarray]
     grey: bool
     dtype: type
+    damage: Optional[str] = None
 
 
 def _unit(samples: np.ndarray, path: Path) -> np.ndarray:
@@ -60,23 +64,28 @@ def _oriented_alpha(raw: np.ndarray, oriented: np.ndarray) -> Optional[np.ndarra
     return None
 
 
-def read_picture(path: Path) -> Picture:
-    """Decode ``path`` (any format OpenCV reads); ElanError if it cannot be decoded."""
-    oriented = cv2.imread(str(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)  # EXIF orientation applied
-    if oriented is None or oriented.size == 0:
-        raise ElanError(f'{path} cannot be read as an image (corrupt, truncated or not an image); '
-                        f'replace it with a good copy or remove it')
+def read_picture(path: Path, allow_damaged: bool = False) -> Picture:
+    """Decode ``path`` (any format OpenCV reads); ElanError if it cannot be decoded or is damaged (with
+    ``allow_damaged``, a damaged file that decodes is read, its :attr:`Picture.damage` set)."""
+    from elan_arch.utils.images import DamagedImage, decode_file
+
+    flags = [cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR]  # EXIF orientation applied
+    if path.suffix.lower() in ('.png', '.webp', '.tif', '.tiff'):  # formats that can carry alpha
+        flags.append(cv2.IMREAD_UNCHANGED)
+    try:
+        decoded = decode_file(path, flags, allow_damaged)
+    except DamagedImage as err:
+        raise DamagedImage(f'{err} (or upscale it anyway with --allow-damaged)') from None
+    oriented, raw = decoded.arrays[0], decoded.arrays[1] if len(decoded.arrays) > 1 else None
     if oriented.ndim == 3 and oriented.shape[2] == 4:  # some decoders keep alpha even here
         oriented, alpha_raw = oriented[..., :3], oriented[..., 3]
     else:
         alpha_raw = None
-        if path.suffix.lower() in ('.png', '.webp', '.tif', '.tiff'):  # formats that can carry alpha
-            raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            if raw is not None and raw.ndim == 3 and raw.shape[2] == 4:
-                alpha_raw = _oriented_alpha(raw, oriented)
-                if alpha_raw is None:
-                    raise ElanError(f'{path}: its alpha channel does not line up with its colour; '
-                                    'save it without EXIF orientation')
+        if raw is not None and raw.ndim == 3 and raw.shape[2] == 4:
+            alpha_raw = _oriented_alpha(raw, oriented)
+            if alpha_raw is None:
+                raise ElanError(f'{path}: its alpha channel does not line up with its colour; '
+                                'save it without EXIF orientation')
     if oriented.ndim == 3 and oriented.shape[2] != 3:
         raise ElanError(f'{path}: {oriented.shape[2]} channels are not supported (grey, colour and colour with '
                         'alpha are); convert it to an RGB(A) PNG')
@@ -85,7 +94,7 @@ def read_picture(path: Path) -> Picture:
     unit = _unit(oriented, path)
     rgb = np.repeat(unit[..., None], 3, axis=2) if grey else np.ascontiguousarray(unit[..., ::-1])
     alpha = None if alpha_raw is None else _unit(alpha_raw, path)
-    return Picture(rgb, alpha, grey, dtype)
+    return Picture(rgb, alpha, grey, dtype, decoded.damage)
 
 
 def _quantise(unit: np.ndarray, dtype: type) -> np.ndarray:

@@ -1,13 +1,27 @@
-"""Image files for dataset preparation: listing, reading, PNG encoding and MATLAB bicubic downscaling.
+"""Image files: listing, reading with damage detection, PNG encoding and MATLAB bicubic downscaling.
 
 Images are handled as OpenCV does (``H x W x 3`` uint8, BGR channel order): grey and 16-bit inputs
 become 8-bit BGR, an alpha channel is dropped, exactly as BasicSR's ``imfrombytes`` reads them.
+
+:func:`decode_file` is the one reader of image files for ``elan prepare`` (:func:`read_image`) and
+``elan upscale`` (:mod:`elan_arch.inference.image_io`). OpenCV decodes a truncated or corrupt JPEG (or
+TIFF) anyway, fills what is missing with grey and only lets libjpeg print "Premature end of JPEG file"
+on stderr, from C. So :func:`decode_file` decodes with fd 2 captured and treats the decoders' reports
+of damage as errors, and also decodes JPEGs strictly with Pillow, which reports truncation itself:
+see :func:`damage_in`.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import re
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -51,13 +65,136 @@ def check_key(stem: str, path: Path) -> str:
     return stem
 
 
+#: What libjpeg, libpng and libtiff (through OpenCV) print on stderr when the data they decode is damaged:
+#: libjpeg's warnings about the data ("Corrupt JPEG data: ...", "Premature end of JPEG file"), libpng's
+#: errors and warnings, OpenCV's reports of a decoder's error ("[ERROR:0@...] ... TIFF_Error ...").
+DAMAGE_MESSAGE = re.compile(r'Corrupt JPEG data|Premature end of JPEG|libpng (?:error|warning)|TIFF_?Error|'
+                            r'\[ ?ERROR:|\[ ?WARN:.*(?:grfmt|imdecode)')
+#: Decoder messages that do not mean damaged pixels: a PNG's colour-profile chunk that libpng dislikes
+#: ("iCCP: known incorrect sRGB profile", common in files saved by some editors).
+HARMLESS_MESSAGE = re.compile(r'libpng warning: (?:iCCP|sRGB|cHRM|gAMA)')
+_DECODING = threading.Lock()  # one captured decode at a time: fd 2 is the whole process's
+
+
+class DamagedImage(ElanError):
+    """An image file that decodes only with damage (:func:`decode_file`)."""
+
+
+@dataclass
+class Decoded:
+    """What :func:`decode_file` read: one array per requested flag set, and ``damage``, the decoders' report
+    of damage (None for an intact file; only set with ``allow_damaged``)."""
+    arrays: List[np.ndarray]
+    damage: Optional[str]
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[List[str]]:
+    """Capture what C code writes to fd 2 meanwhile; the list gets the text when the block ends.
+
+    Serialised by a lock. Text that other threads print meanwhile (a progress bar) is caught too: the
+    caller writes back what is not a decoder's message. Where fd 2 cannot be duplicated (closed), nothing
+    is captured.
+    """
+    with _DECODING, tempfile.TemporaryFile() as sink:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        try:
+            saved = os.dup(2)
+        except OSError:
+            saved = None
+        text: List[str] = []
+        if saved is not None:
+            os.dup2(sink.fileno(), 2)
+        try:
+            yield text
+        finally:
+            if saved is not None:
+                os.dup2(saved, 2)
+                os.close(saved)
+            sink.seek(0)
+            text.append(sink.read().decode('utf-8', errors='replace'))
+
+
+def _jpeg_truncated(data: bytes) -> Optional[str]:
+    """Pillow's report when it decodes the JPEG ``data`` strictly and runs out of data, else None."""
+    try:
+        from PIL import Image, ImageFile
+    except ImportError:
+        return None
+    with _DECODING:  # LOAD_TRUNCATED_IMAGES is Pillow's global
+        strict, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+        try:
+            return _strict_jpeg_load(Image, data)
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = strict
+
+
+def _strict_jpeg_load(Image, data: bytes) -> Optional[str]:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format != 'JPEG':
+                return None
+            image.load()
+    except OSError as err:
+        return f'the file is truncated (Pillow: {err})' if 'truncated' in str(err) else None
+    except Exception:
+        return None  # what Pillow cannot decode is OpenCV's to judge
+    return None
+
+
+def damage_in(messages: str) -> Tuple[List[str], List[str]]:
+    """Split what was printed on fd 2 during a decode into (the decoders' reports of damage, the other lines
+    as printed, line ends kept)."""
+    damage, others = [], []
+    for line in messages.splitlines(keepends=True):
+        if DAMAGE_MESSAGE.search(line) and not HARMLESS_MESSAGE.search(line):
+            damage.append(line.strip())
+        else:
+            others.append(line)
+    return damage, others
+
+
+def decode_file(path: Path, flags: Sequence[int] = (cv2.IMREAD_COLOR, ), allow_damaged: bool = False) -> Decoded:
+    """Decode the file ``path`` once per OpenCV ``flags`` (``cv2.imdecode`` of its bytes, read once), checked.
+
+    A file is damaged when OpenCV cannot decode it, when a decoder reports damage on stderr while decoding
+    it (:data:`DAMAGE_MESSAGE`: a truncated or corrupt JPEG, a PNG libpng warns about, a TIFF libtiff fails
+    on), or, for a JPEG, when Pillow's strict decoder finds it truncated. :class:`ElanError` naming the file
+    and the report then, unless ``allow_damaged`` (only for what still decodes: ``Decoded.damage`` says
+    what). :class:`DamagedImage` (an ElanError) for a damaged file that decodes. Other messages the decoders
+    print are passed on to stderr.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ElanError(f'{path} cannot be read ({err.strerror or err}); check the file and its permissions') from err
+    buffer = np.frombuffer(data, np.uint8)
+    truncated = _jpeg_truncated(data) if data[:2] == b'\xff\xd8' else None
+    arrays, reports = [], [truncated] if truncated else []
+    for flag in flags:
+        with _captured_stderr() as printed:
+            img = cv2.imdecode(buffer, flag) if buffer.size else None
+        damage, others = damage_in(printed[0])
+        if ''.join(others).strip():
+            sys.stderr.write(''.join(others))
+            sys.stderr.flush()
+        reports += [line for line in damage if line not in reports]
+        if img is None or img.size == 0:
+            why = '; '.join(reports) or 'corrupt, truncated or not an image'
+            raise ElanError(f'{path} cannot be read as an image ({why}); replace it with a good copy or remove it')
+        arrays.append(img)
+    damage = '; '.join(reports) or None
+    if damage and not allow_damaged:
+        raise DamagedImage(f'{path} is damaged: its decoder reports "{damage}" (OpenCV would fill what is missing '
+                           'or wrong, e.g. flat grey below a cut); replace it with a good copy or remove it')
+    return Decoded(arrays, damage)
+
+
 def read_image(path: Path) -> np.ndarray:
-    """Read ``path`` as ``H x W x 3`` uint8 BGR; :class:`ElanError` if it cannot be decoded."""
-    img = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
-    if img is None or img.size == 0:
-        raise ElanError(f'{path} cannot be read as an image (corrupt, truncated or not an image); '
-                        f'replace it with a good copy or remove it')
-    return img
+    """Read ``path`` as ``H x W x 3`` uint8 BGR; :class:`ElanError` if it cannot be decoded or is damaged
+    (:func:`decode_file`): a damaged photo must not become training data."""
+    return decode_file(path, (cv2.IMREAD_COLOR, )).arrays[0]
 
 
 def encode_png(img: np.ndarray, compress_level: int = PNG_COMPRESSION) -> bytes:

@@ -1,6 +1,7 @@
 """Tiled inference (elan_arch/inference/upscale.py) and the ``elan upscale`` command."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -396,9 +397,111 @@ def test_unsupported_channels_and_sample_types_are_named(tmp_path, monkeypatch):
     from elan_arch.inference.image_io import read_picture
 
     decoded = {'array': np.zeros((4, 4, 2), np.uint8)}
-    monkeypatch.setattr(cv2, 'imread', lambda path, flags=None: decoded['array'])
+    (tmp_path / 'odd.png').write_bytes(b'stand-in')
+    monkeypatch.setattr(cv2, 'imdecode', lambda buffer, flags=None: decoded['array'])
     with pytest.raises(ElanError, match=r'odd\.png: 2 channels are not supported'):
         read_picture(tmp_path / 'odd.png')
     decoded['array'] = np.zeros((4, 4, 3), np.int32)
     with pytest.raises(ElanError, match=r'odd\.png: samples of type int32 are not supported'):
         read_picture(tmp_path / 'odd.png')
+
+
+def damaged_copies(folder: Path) -> dict:
+    """In ``folder``: an intact PNG and JPEG, and damaged ones: a JPEG and a PNG cut at two thirds (as an
+    interrupted download leaves them), a JPEG with bytes overwritten mid-scan and a TIFF likewise."""
+    folder.mkdir(exist_ok=True)
+    img = bgr(photo(48, 40))
+    files = {}
+    for ext in ('.png', '.jpg', '.tif'):
+        data = cv2.imencode(ext, img)[1].tobytes()
+        kind = ext[1:]
+        if ext != '.tif':
+            files[f'good_{kind}{ext}'] = data
+            files[f'cut_{kind}{ext}'] = data[:len(data) * 2 // 3]
+        if ext != '.png':
+            flipped, at = bytearray(data), len(data) * (7 if ext == '.jpg' else 3) // 10  # in the coded pixels
+            for k in range(5):
+                flipped[at + 17 * k] ^= 0x55
+            files[f'corrupt_{kind}{ext}'] = bytes(flipped)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return files
+
+
+def test_damaged_inputs_fail_by_name_and_the_others_are_written(tmp_path, weights, capfd):
+    """OpenCV decodes a truncated or corrupt JPEG with grey where data is missing, and only libjpeg's warning on
+    stderr says so: each damaged file fails by name with no output, the intact ones are upscaled, exit 1."""
+    damaged_copies(tmp_path / 'in')
+    args = ['upscale', '-i', str(tmp_path / 'in'), '-o', str(tmp_path / 'out'), '--weights', str(weights),
+            '--device', 'cpu', '--quiet']
+    assert main(args) == 1
+    err = capfd.readouterr().err
+    assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['good_jpg.png', 'good_png.png']
+    for name in ('cut_jpg.jpg', 'cut_png.png', 'corrupt_jpg.jpg', 'corrupt_tif.tif'):
+        assert re.search(rf'failed: \S*{re.escape(name)} (cannot be read as an image|is damaged)', err), err
+    assert 'Corrupt JPEG data' in err and 'truncated' in err and 'Traceback' not in err
+    assert re.search(r'4 image\(s\) failed', err)
+
+
+def test_a_truncated_jpeg_alone_is_an_error_and_writes_nothing(tmp_path, weights, capfd):
+    damaged_copies(tmp_path)
+    for name in ('cut_jpg.jpg', 'cut_png.png', 'corrupt_jpg.jpg'):
+        out = tmp_path / f'{name}.png'
+        assert main(['upscale', '-i', str(tmp_path / name), '-o', str(out), '--weights', str(weights),
+                     '--device', 'cpu', '--quiet']) == 2
+        err = capfd.readouterr().err
+        assert err.startswith(f'elan upscale: error: {tmp_path / name} ') and 'replace it with a good copy' in err
+        assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith('.')]
+
+
+def test_allow_damaged_upscales_what_still_decodes_and_says_so(tmp_path, weights, capfd):
+    damaged_copies(tmp_path / 'in')
+    (tmp_path / 'in' / 'cut_png.png').unlink()
+    (tmp_path / 'in' / 'good_jpg.jpg').unlink()
+    assert main(['upscale', '-i', str(tmp_path / 'in'), '-o', str(tmp_path / 'out'), '--weights', str(weights),
+                 '--device', 'cpu', '--quiet', '--allow-damaged']) == 1  # cut.jpg does not decode at all
+    err = capfd.readouterr().err
+    assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['corrupt_jpg.png', 'corrupt_tif.png',
+                                                                   'good_png.png']
+    assert re.search(r'WARNING: \S*corrupt_jpg\.jpg is DAMAGED \(Corrupt JPEG data', err)
+    assert 'WARNING: 2 damaged input(s) upscaled anyway' in err and re.search(r'failed: \S*cut_jpg\.jpg', err)
+
+
+def test_decoder_messages_are_sorted_from_other_output():
+    from elan_arch.utils.images import damage_in
+
+    printed = ('Corrupt JPEG data: 3 extraneous bytes before marker 0xd9\n'
+               'libpng warning: iCCP: known incorrect sRGB profile\n'
+               ' 40%|####      | 2/5 [00:01<00:01]\r'
+               '[ERROR:0@0.1] global grfmt_tiff.cpp:117 TIFF_Error Using code not yet in table\n')
+    damage, others = damage_in(printed)
+    assert damage == ['Corrupt JPEG data: 3 extraneous bytes before marker 0xd9',
+                      '[ERROR:0@0.1] global grfmt_tiff.cpp:117 TIFF_Error Using code not yet in table']
+    assert ''.join(others) == 'libpng warning: iCCP: known incorrect sRGB profile\n 40%|####      | 2/5 [00:01<00:01]\r'
+
+
+def test_an_intact_file_decodes_as_opencv_reads_it_and_other_stderr_output_passes(tmp_path, capfd):
+    from elan_arch.utils import images
+
+    damaged_copies(tmp_path)
+    for name in ('good_png.png', 'good_jpg.jpg'):
+        assert np.array_equal(images.read_image(tmp_path / name), cv2.imread(str(tmp_path / name)))
+    real = cv2.imdecode
+
+    def chatty(buffer, flags):  # another thread printing while the decoder runs
+        os.write(2, b'progress 50%\r')
+        return real(buffer, flags)
+
+    try:
+        cv2.imdecode = chatty
+        images.read_image(tmp_path / 'good_png.png')
+    finally:
+        cv2.imdecode = real
+    assert capfd.readouterr().err == 'progress 50%\r'
+
+
+def test_tile_zero_is_refused(tmp_path, weights, capsys):
+    cv2.imwrite(str(tmp_path / 'a.png'), bgr(photo(16, 16)))
+    assert main(['upscale', '-i', str(tmp_path / 'a.png'), '-o', str(tmp_path / 'b.png'), '--weights', str(weights),
+                 '--device', 'cpu', '--tile', '0']) == 2
+    assert 'use no --tile for whole images' in capsys.readouterr().err and not (tmp_path / 'b.png').exists()

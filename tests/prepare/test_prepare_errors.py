@@ -44,6 +44,35 @@ def test_truncated_image_in_parallel_run(tmp_path, workers):
     div2k_fails(tmp_path, r'0002\.png cannot be read', workers=workers)
 
 
+@pytest.mark.parametrize('damage', ['cut JPEG', 'corrupt JPEG', 'cut PNG'])
+def test_a_damaged_photo_does_not_become_training_data(tmp_path, capfd, damage):
+    """OpenCV decodes a truncated or corrupt JPEG with grey where data is missing (libjpeg only warns on stderr):
+    ``elan prepare`` stops naming the file, and writes nothing."""
+    import cv2
+
+    make_div2k(tmp_path, [(48, 48)])
+    ext = '.png' if 'PNG' in damage else '.jpg'
+    data = bytearray(cv2.imencode(ext, photo_like(48, 48, 5))[1].tobytes())
+    if damage.startswith('cut'):
+        data = data[:len(data) * 2 // 3]
+    else:
+        for k in range(5):
+            data[len(data) * 7 // 10 + 17 * k] ^= 0x55
+    (tmp_path / 'DIV2K_train_HR' / f'0002{ext}').write_bytes(bytes(data))
+    assert main(['prepare', 'div2k', '--input', str(tmp_path), '--scales', '2', '--crop-size', '24', '--step', '24',
+                 '--workers', '1', '--quiet']) == 2
+    err = capfd.readouterr().err
+    assert f'0002{ext}' in err and ('is damaged' in err or 'cannot be read as an image' in err), err
+    assert damage != 'corrupt JPEG' or 'is damaged: its decoder reports "Corrupt JPEG data' in err
+    assert 'Traceback' not in err and leftovers(tmp_path, OUTPUTS) == []
+    set5 = tmp_path / 'Set5'
+    set5.mkdir()
+    (set5 / f'bad{ext}').write_bytes(bytes(data))
+    with pytest.raises(ElanError, match=rf'bad\{ext} (is damaged|cannot be read as an image)'):
+        prepare_benchmark(set5, scales=(2, ), progress=False)
+    assert leftovers(set5, OUTPUTS) == []
+
+
 def test_lr_of_wrong_size_named_with_expected_size(tmp_path):
     make_div2k(tmp_path, [(48, 48)], lr={2: [photo_like(23, 24, 0)]})
     div2k_fails(tmp_path, r'0001x2\.png is 23x24 .* at scale x2 needs an LR image of 24x24; replace the LR file')
