@@ -14,6 +14,8 @@ from elan_arch.archs import window_kernels
 from elan_arch.bench.models import MODELS, OPTIONAL_MODELS, TRAIN_MODELS, build_model
 from elan_arch.utils.errors import ElanError
 
+DEFAULT_SIZE = '176x320'
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from elan_arch.cli.options import add_device_options
@@ -25,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         'configuration and the EDSR baseline, in one run on one random input; random weights (speed does not '
         'depend on them). Prints a markdown table and writes it with a bar chart.')
     parser.add_argument('--scale', type=int, default=4, help='upscale factor (default: 4)')
-    parser.add_argument('--size', default='176x320', help='LR input HxW (default: 176x320, i.e. 704x1280 output at x4)')
+    parser.add_argument('--size', help=f'LR input HxW (default: {DEFAULT_SIZE}, i.e. 704x1280 output at x4; not with '
+                        '--train, which takes --patch and --batch)')
     parser.add_argument('--models', nargs='+', choices=list(MODELS),
                         help=f'models to measure (default: all but {", ".join(OPTIONAL_MODELS)}: the ONNX export of '
                         'ELAN-light run by onnxruntime, CPU float32 only, and ELAN\'s reference arithmetic; '
@@ -103,6 +106,10 @@ def run(args: argparse.Namespace) -> int:
     from elan_arch.inference.upscale import select_device
     from elan_arch.utils.fileio import atomic_path, check_output_free
 
+    if args.train and args.size is not None:
+        raise ElanError(f'--size {args.size} is the input of the inference benchmark; --train times batches of '
+                        'square LR patches: use --patch N (default 32) and --batch N (default 8) instead')
+    args.size = args.size or DEFAULT_SIZE
     size = parse_size(args.size)
     if args.runs < 1 or args.warmup < 0:
         raise ElanError('--runs must be >= 1 and --warmup >= 0')

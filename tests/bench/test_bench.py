@@ -141,6 +141,8 @@ def test_bench_reports_a_failing_model_and_measures_the_others(tmp_path, capsys,
     (['--device', 'cpu', '--models', 'elan-light', 'elan-light-fused'],
      '--models elan-light-fused: cannot run the fused attention kernels: they need a CUDA device (here: cpu)'),
     (['--device', 'cpu', '--train', '--models', 'elan-fused'], '--models elan-fused: cannot run the fused attention'),
+    (['--device', 'cpu', '--train', '--size', '64x64'], '--size 64x64 is the input of the inference benchmark; '
+     '--train times batches of square LR patches: use --patch N'),
 ])
 def test_bench_refuses_bad_options(tmp_path, capsys, args, message):
     assert main(['bench', '--output-dir', str(tmp_path), *args]) == 2
