@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import os
 
 
@@ -74,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.what == 'check':
         result = check_lmdb_pair(args.gt, args.lq, args.scale)
+        for warning in result.warnings:
+            print(f'elan prepare check: warning: {warning}', file=sys.stderr)
         print(f'ok: {result.pairs} pairs, GT {result.gt_shape} / LQ {result.lq_shape} at x{result.scale}')
         return 0
     common = dict(scales=args.scales, workers=args.workers, force=args.force, progress=not args.quiet)

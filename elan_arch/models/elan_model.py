@@ -20,6 +20,25 @@ from elan_arch.models.eval_modes import self_ensemble, tiled_upscale
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
+def ema_with_buffers(model_ema: Callable[..., None]) -> Callable[..., None]:
+    """Wrap ``BaseModel.model_ema`` (an EMA of ``net_g``'s parameters into ``net_g_ema``): afterwards every
+    buffer of ``net_g`` (BatchNorm running statistics) is copied into ``net_g_ema`` too.
+
+    basicsr 1.4.2 averages parameters only, so a network with BatchNorm (ELAN's GMSAs) validates and
+    saves ``params_ema`` with the statistics it was built with (zeros and ones). ``ELANModel`` uses this;
+    the ``basicsr`` command applies it to BasicSR's own models too (SRModel, SRGANModel, ESRGANModel, ...).
+    """
+    @functools.wraps(model_ema)
+    def wrapper(self: Any, decay: float = 0.999) -> None:
+        model_ema(self, decay)
+        buffers = dict(self.get_bare_model(self.net_g).named_buffers())
+        with torch.no_grad():
+            for name, buffer in self.net_g_ema.named_buffers():
+                buffer.copy_(buffers[name])
+
+    return wrapper
+
+
 def _amp_dtype(train_opt: Dict[str, Any]) -> Optional[torch.dtype]:
     amp = train_opt.get('amp')
     if amp in (None, False, 'none', 'no'):
@@ -80,13 +99,8 @@ class ELANModel(SRModel):
         else:
             self.net_g_train = self.net_g
 
-    def model_ema(self, decay: float = 0.999) -> None:
-        """basicsr's parameter EMA, then copy every buffer of ``net_g`` into ``net_g_ema``."""
-        super().model_ema(decay)
-        buffers = dict(self.get_bare_model(self.net_g).named_buffers())
-        with torch.no_grad():
-            for name, buffer in self.net_g_ema.named_buffers():
-                buffer.copy_(buffers[name])
+    # basicsr's parameter EMA, then every buffer of net_g copied into net_g_ema
+    model_ema = ema_with_buffers(SRModel.model_ema)
 
     def compute_losses(self, output: Tensor) -> Tuple[Tensor, 'OrderedDict[str, Tensor]']:
         """Pixel and perceptual losses of ``output`` against ``self.gt`` as in ``SRModel``."""

@@ -135,7 +135,7 @@ def prepare_div2k(input: PathLike, output: Optional[PathLike] = None, scales: It
             write_lmdb(crop_dirs[scale], path, f'lmdb {lmdbs[scale].name}', compress_level, progress)
         for scale in scales:
             check_lmdb_pair(tmp_lmdbs[1], tmp_lmdbs[scale], scale, names=(lmdbs[1].name, lmdbs[scale].name),
-                            require_suffix=False)
+                            require_suffix=False, strict=True)
         kept = list(crop_dirs.values()) if keep_subimages else []
         summary.bytes = sum(tree_bytes(p) for p in list(tmp_lmdbs.values()) + kept)
     summary.outputs = [str(p) for p in lmdbs.values()] + ([str(p) for p in subdirs.values()] if keep_subimages else [])

@@ -13,6 +13,13 @@ behaviour wherever basicsr works and only changes the case it gets wrong
 - ``utils.dist_util._init_dist_slurm``: the same ``set_device`` trap, and ``MASTER_PORT``
   defaulting to 29500 for every job. Replaced by :func:`init_dist_slurm`: basicsr's environment
   with a port derived from the job id (:func:`slurm_environment`), then as above.
+- ``utils.options.parse_options`` (as ``train.parse_options`` and ``test.parse_options``): a ``num_gpu``
+  larger than the GPUs PyTorch sees (``num_gpu: 1``, BasicSR's own option files, on a machine without
+  CUDA) died later in ``model_to_device`` with PyTorch's "Found no NVIDIA driver". Wrapped by
+  :func:`checked_options`: the parsed options pass :func:`elan_arch.training.startup.check_devices`.
+- ``models.base_model.BaseModel.model_ema``: averaged the parameters only, so ``params_ema`` (and the
+  validation of every EMA model) kept BatchNorm's initial statistics; wrapped by
+  :func:`elan_arch.models.elan_model.ema_with_buffers`, as ``ELANModel`` is.
 - ``models.base_model.BaseModel.model_to_device``: DDP always gets
   ``device_ids=[cuda.current_device()]``, which fails on CPU. CPU DDP gets no ``device_ids``.
 - ``models.base_model.BaseModel.save_network`` / ``save_training_state``: written in place,
@@ -30,6 +37,8 @@ behaviour wherever basicsr works and only changes the case it gets wrong
   :class:`elan_arch.data.sampler.ResumableSampler` and :class:`~elan_arch.data.sampler.SeededDataset`
   for the training set (basicsr's batch order; augmentation seeded per sample; a resumed run
   continues the interrupted epoch where it stopped).
+- ``train.build_model``: a failed download (the VGG of ``perceptual_opt`` on a machine offline) becomes a
+  message naming the file and the folder (:func:`explained_downloads`).
 - ``train.create_train_val_dataloader``, ``train.build_model``, ``data.worker_init_fn``:
   wrapped, results unchanged, so that SIGINT/SIGTERM save a resumable state
   (:mod:`elan_arch.training.interrupt`).
@@ -126,6 +135,43 @@ def model_to_device(self: Any, net: torch.nn.Module) -> torch.nn.Module:
         net.to(self.device), find_unused_parameters=self.opt.get('find_unused_parameters', False))
 
 
+def checked_options(parse_options: Callable) -> Callable:
+    """Wrap ``basicsr.utils.options.parse_options``: the options it returns must be runnable on this
+    machine (:func:`startup.check_devices`)."""
+
+    @functools.wraps(parse_options)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        opt, parsed = parse_options(*args, **kwargs)
+        startup.check_devices(opt)
+        return opt, parsed
+
+    return wrapper
+
+
+def explained_downloads(build_model: Callable) -> Callable:
+    """Wrap ``basicsr.train.build_model``: a download that fails while the model is built (BasicSR's
+    ``PerceptualLoss`` fetches torchvision's pretrained VGG the first time) becomes a message saying
+    which file to put where, instead of urllib's traceback."""
+
+    @functools.wraps(build_model)
+    def wrapper(opt: Dict[str, Any]) -> Any:
+        import urllib.error
+
+        try:
+            return build_model(opt)
+        except urllib.error.URLError as err:
+            perceptual = (opt.get('train') or {}).get('perceptual_opt')
+            what = ''
+            if perceptual:
+                vgg = perceptual.get('vgg_type', 'vgg19')
+                what = (f' (train:perceptual_opt needs torchvision\'s pretrained {vgg} weights: put the file from '
+                        f'download.pytorch.org/models/ into {osp.join(torch.hub.get_dir(), "checkpoints")}, '
+                        'or remove perceptual_opt)')
+            raise ElanError(f'building the model needed a download that failed: {err.reason}{what}') from err
+
+    return wrapper
+
+
 def _saved_atomically(method: Callable, path_key: str) -> Callable:
     """Wrap a basicsr save method so its files appear under ``opt['path'][path_key]`` only when complete.
 
@@ -207,17 +253,21 @@ def apply() -> None:
     if _ORIGINALS:
         return
     import basicsr.data as data
+    import basicsr.test as test
     import basicsr.train as train
     import basicsr.utils.dist_util as dist_util
     import basicsr.utils.misc as misc
     from basicsr.models.base_model import BaseModel
 
+    from elan_arch.models.elan_model import ema_with_buffers
     from elan_arch.training import interrupt
 
     _ORIGINALS.update(model_to_device=BaseModel.model_to_device)
     dist_util._init_dist_pytorch = init_dist_pytorch
     dist_util._init_dist_slurm = init_dist_slurm
     BaseModel.model_to_device = model_to_device
+    BaseModel.model_ema = ema_with_buffers(BaseModel.model_ema)
+    train.parse_options = test.parse_options = checked_options(train.parse_options)
     BaseModel.save_network = _saved_atomically(BaseModel.save_network, 'models')
     BaseModel.save_training_state = _saved_atomically(BaseModel.save_training_state, 'training_states')
     BaseModel.resume_training = resume.schedule_from_options(BaseModel.resume_training)
@@ -227,5 +277,5 @@ def apply() -> None:
     train.build_dataloader = seeded_train_loader(train.build_dataloader)
     train.create_train_val_dataloader = resumable_loaders(train.create_train_val_dataloader)
     train.create_train_val_dataloader = interrupt.remember_sampler(train.create_train_val_dataloader)
-    train.build_model = interrupt.stop_with_state(train.build_model)
+    train.build_model = interrupt.stop_with_state(explained_downloads(train.build_model))
     data.worker_init_fn = interrupt.signals_to_main_process(data.worker_init_fn)

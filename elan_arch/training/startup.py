@@ -25,7 +25,7 @@ from os import path as osp
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from elan_arch.training import elastic
-from elan_arch.training.notes import to_log_files, write_pending_notes
+from elan_arch.training.notes import note, to_log_files, write_pending_notes
 from elan_arch.utils.errors import ElanError
 
 _MADE: List[Tuple[str, Optional[str]]] = []  # (folder made, where the folder it replaced was archived)
@@ -56,16 +56,16 @@ def _check_scheduler(train_opt: Dict[str, Any]) -> None:
 
 
 def _check_dataset(phase: str, dataset: Dict[str, Any]) -> None:
-    from elan_arch.data.paired_image_dataset import check_dataset_options
+    from elan_arch.data.paired_image_dataset import check_dataset_options, report_once, where
 
     if dataset.get('dataroot_gt') and dataset.get('dataroot_lq'):
-        check_dataset_options(dataset)
+        report_once(check_dataset_options(dataset), note)
         return
     for key, value in dataset.items():
         if key.startswith('dataroot') or key.startswith('meta_info'):
             if value and not osp.exists(value):
-                raise ElanError(f'dataset {dataset.get("name", phase)}: {key} {value} does not exist; fix the path '
-                                'in the option file')
+                raise ElanError(f'dataset {dataset.get("name", phase)}: {key} {where(value)} does not exist; fix '
+                                'the path in the option file')
 
 
 def check_options(opt: Dict[str, Any]) -> None:
@@ -83,6 +83,45 @@ def check_options(opt: Dict[str, Any]) -> None:
     _positive_int(opt, 'datasets:train:num_worker_per_gpu', minimum=0)
     for phase, dataset in datasets.items():
         _check_dataset(phase, dataset)
+    _check_wandb(opt['logger'])
+
+
+def _check_wandb(logger_opt: Dict[str, Any]) -> None:
+    """basicsr starts wandb when ``logger:wandb:project`` is set: it needs the package and the TensorBoard
+    logger (which it syncs), else a traceback after the run's folders exist."""
+    import importlib.util
+
+    project = (logger_opt.get('wandb') or {}).get('project')
+    if project is None:
+        return
+    if importlib.util.find_spec('wandb') is None:
+        raise ElanError(f'option logger:wandb:project is {project!r}, but the wandb package is not installed; '
+                        'pip install wandb, or set project: ~ to log to TensorBoard only')
+    if logger_opt.get('use_tb_logger') is not True:
+        raise ElanError('option logger:wandb:project is set, and basicsr syncs wandb from TensorBoard: '
+                        'set logger:use_tb_logger: true, or project: ~')
+
+
+def check_devices(opt: Dict[str, Any], visible_gpus: Optional[int] = None) -> None:
+    """Refuse a ``num_gpu`` this machine cannot give (basicsr would die in ``model_to_device`` with
+    PyTorch's "Found no NVIDIA driver" or "invalid device ordinal").
+
+    ``num_gpu`` (``auto`` is already the count of visible GPUs here) must be an integer from 0 to the
+    GPUs PyTorch sees; under a launcher (torchrun, srun) each process uses one GPU, so any positive
+    value needs one to be visible. ``visible_gpus`` defaults to ``torch.cuda.device_count()``.
+    """
+    import torch
+
+    value = opt.get('num_gpu')
+    seen = torch.cuda.device_count() if visible_gpus is None else visible_gpus
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ElanError(f'option num_gpu: {value!r} must be auto or an integer >= 0 (0 trains on the CPU)')
+    needed = min(value, 1) if opt.get('dist') else value
+    if needed > seen:
+        fix = ('set num_gpu: 0 to run on the CPU (or --force_yml num_gpu=0)' if seen == 0 else
+               f'set num_gpu: {seen} or auto (every visible GPU), or make more GPUs visible (CUDA_VISIBLE_DEVICES)')
+        gpus = 'no CUDA GPU' if seen == 0 else f'{seen} CUDA GPU{"s" if seen > 1 else ""}'
+        raise ElanError(f'option num_gpu: {value}, but PyTorch sees {gpus} on this machine; {fix}')
 
 
 def check_pretrained(opt: Dict[str, Any], verified: Iterable[str] = ()) -> None:
