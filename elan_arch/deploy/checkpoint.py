@@ -7,6 +7,14 @@ completed by what the file records and by explicit overrides (:func:`resolve_con
 ``window_sizes`` leaves no trace in the weights and defaults to the reference's unless the
 file records it.
 
+The ablation options (``ELAN(lfe=..., attention=...)``) are inferred from the keys: an LFE without
+``shift_conv.weight`` kernels is ``lfe='conv1x1'``, one with plain ``conv0.weight`` 3x3 kernels
+``lfe='conv3x3'``, a GMSA with a LayerNorm (``norm.weight``) ``attention='sa'``; a checkpoint that
+matches none of these module trees is refused with an :class:`ElanError` naming what does not fit.
+``shift_windows``, like ``window_sizes``, leaves no trace in the weights: it is the reference's (True)
+unless the file records it (this package's safetensors) or it is passed
+(``load_network_from_checkpoint(path, shift_windows=False, window_sizes=[16])``).
+
 Mean shift and pixel range: a state_dict with ``sub_mean``/``add_mean`` is the authors'
 network (``img_range`` read from the shift, 255 for their weights); one without them is
 traiNNer-redux's default ``norm: false`` ELAN: ``rgb_mean=None, img_range=1``.
@@ -22,7 +30,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from elan_arch.archs.elan_arch import ELAN, ELAN_VARIANTS
+from elan_arch.archs.elan_arch import ABLATION_DEFAULTS, ELAN, ELAN_VARIANTS
 from elan_arch.archs.elan_blocks import DIV2K_RGB_MEAN
 from elan_arch.deploy.checkpoint_formats import StateDict, read_checkpoint, write_safetensors
 from elan_arch.utils.errors import ElanError
@@ -44,11 +52,37 @@ def _shape(sd: StateDict, key: str, ndim: int, path: str) -> Tuple[int, ...]:
     return shape
 
 
+def _ablation_kinds(sd: StateDict, c_elan: int, path: str) -> Tuple[str, str, str]:
+    """``(lfe, attention, LFE expansion key)`` that the first LFE and GMSA's keys show (the module
+    docstring's rules); ElanError where they fit neither ELAN's nor an ablation's module tree."""
+    lfe_prefix, gmsa_prefix = 'body.0.modules_lfe.lfe_0.conv0.', 'body.0.modules_gmsa.gmsa_0.'
+    if lfe_prefix + 'weight' in sd:
+        kernel = _shape(sd, lfe_prefix + 'weight', 4, path)[2:]
+        if kernel != (3, 3):
+            raise ElanError(f'{path}: {lfe_prefix}weight has {kernel[0]}x{kernel[1]} kernels; ELAN\'s LFE is a '
+                            'shift-convolution, a 1x1 convolution (lfe: conv1x1) or a 3x3 one (lfe: conv3x3)')
+        lfe, expand_key = 'conv3x3', lfe_prefix + 'weight'
+    else:
+        expand_key = lfe_prefix + 'shift_conv.conv1x1.weight'
+        lfe = 'shift' if lfe_prefix + 'shift_conv.weight' in sd else 'conv1x1'
+    attention = 'sa' if gmsa_prefix + 'norm.weight' in sd else 'asa'
+    inner = _shape(sd, gmsa_prefix + 'project_inp.0.weight', 4, path)[0]
+    per_pixel = 3 if attention == 'sa' else 2
+    if inner != per_pixel * c_elan:
+        kind = 'standard attention (attention: sa, with a LayerNorm)' if attention == 'sa' else \
+            "ELAN's accelerated attention (attention: asa)"
+        raise ElanError(f'{path}: {gmsa_prefix}project_inp.0.weight has {inner} output channels, not '
+                        f'{per_pixel} x c_elan = {per_pixel * c_elan} as {kind} needs: an unsupported attention')
+    return lfe, attention, expand_key
+
+
 def infer_config(sd: StateDict, path: str = 'checkpoint') -> Dict[str, Any]:
-    """Infer the ELAN keyword arguments (all but ``window_sizes``) from a state_dict's shapes.
+    """Infer the ELAN keyword arguments (all but ``window_sizes`` and ``shift_windows``) from a
+    state_dict's keys and shapes.
 
     ``img_range`` comes from the mean shift (``sub_mean.bias = -img_range * mean``); without
-    one, ``rgb_mean`` is None and ``img_range`` 1 (traiNNer-redux's default ELAN).
+    one, ``rgb_mean`` is None and ``img_range`` 1 (traiNNer-redux's default ELAN). ``lfe`` and
+    ``attention`` are included only where they are not the reference's (the module docstring's rules).
 
     Raises:
         ElanError: the tensors do not describe an ELAN network.
@@ -64,11 +98,13 @@ def infer_config(sd: StateDict, path: str = 'checkpoint') -> Dict[str, Any]:
         raise ElanError(f'{path}: not an ELAN checkpoint, no body.N.modules_gmsa.* keys')
     n_blocks = max(b for b, _ in gmsa) + 1
     n_share = max(g for _, g in gmsa)
-    expand = _shape(sd, 'body.0.modules_lfe.lfe_0.conv0.shift_conv.conv1x1.weight', 4, path)[0]
+    lfe, attention, expand_key = _ablation_kinds(sd, c_elan, path)
+    expand = _shape(sd, expand_key, 4, path)[0]
     if expand % c_elan:
         raise ElanError(f'{path}: LFE width {expand} is not a multiple of c_elan={c_elan}')
     config = dict(upscale=upscale, colors=colors, c_elan=c_elan, m_elan=n_blocks * (1 + n_share),
                   n_share=n_share, r_expand=expand // c_elan)
+    config.update({k: v for k, v in (('lfe', lfe), ('attention', attention)) if v != ABLATION_DEFAULTS[k]})
     if 'sub_mean.bias' not in sd:  # traiNNer-redux's default: no mean shift, arithmetic on [0, 1]
         return {**config, 'img_range': 1.0, 'rgb_mean': None}
     return {**config, 'img_range': float(round(-sd['sub_mean.bias'][0].item() / _default_mean(colors)[0], 3))}
@@ -100,7 +136,10 @@ def resolve_config(sd: StateDict, path: str = 'checkpoint', recorded: Optional[D
 
 
 def variant_name(config: Dict[str, Any]) -> str:
-    """``'ELAN-light'``/``'ELAN'`` for a reference configuration, else ``'ELAN (custom)'``."""
+    """``'ELAN-light'``/``'ELAN'`` for a reference configuration, else ``'ELAN (custom)'`` (also for the
+    reference sizes with a non-default ablation option)."""
+    if any(config.get(k, v) != v for k, v in ABLATION_DEFAULTS.items()):
+        return 'ELAN (custom)'
     for name, variant in ELAN_VARIANTS.items():
         if all(list(config.get(k, ())) == list(v) if k == 'window_sizes' else config.get(k) == v
                for k, v in variant.items()):
