@@ -26,15 +26,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_command(prog: str, args: argparse.Namespace) -> int:
     """Call ``args.func(args)``; :class:`ElanError` prints ``<prog> <command>: error: ...`` and gives 2,
-    Ctrl-C gives 130. Shared by the ``elan`` and ``basicsr`` commands."""
-    try:
-        return int(args.func(args) or 0)
-    except ElanError as err:
-        print(f'{prog} {args.command}: error: {err}', file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f'{prog} {args.command}: interrupted', file=sys.stderr)
-        return 130
+    Ctrl-C gives 130. Shared by the ``elan`` and ``basicsr`` commands. Runs inside
+    :func:`~elan_arch.utils.console.sturdy_console`: a closed or broken stdout/stderr (``| tee`` ended by the
+    same Ctrl-C, a full disk) loses what is printed, never the run."""
+    from elan_arch.utils.console import sturdy_console
+
+    with sturdy_console():
+        try:
+            return int(args.func(args) or 0)
+        except ElanError as err:
+            print(f'{prog} {args.command}: error: {err}', file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f'{prog} {args.command}: interrupted', file=sys.stderr)
+            return 130
 
 
 def main(argv: Optional[List[str]] = None) -> int:

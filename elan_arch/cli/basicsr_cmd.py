@@ -20,6 +20,7 @@ Distributed: ``torchrun --nproc_per_node=N -m elan_arch.cli.basicsr_cmd train -o
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from importlib.metadata import entry_points
@@ -134,15 +135,16 @@ def _train(args: argparse.Namespace) -> int:
     (:mod:`elan_arch.training.startup`)."""
     from basicsr.train import train_pipeline
 
-    from elan_arch.training import elastic, interrupt, startup
+    from elan_arch.training import elastic, interrupt, notes, startup
 
     try:
         with interrupt.stop_on_signals():
             train_pipeline(os.getcwd())
-    except interrupt.TrainingInterrupted as stop:
+    except interrupt.TrainingInterrupted as stop:  # saved; now the report (the console may be gone: the log has it)
         if elastic.is_main_process():
-            print(f'basicsr train: {stop}; continue with `{elastic.resume_command(user_argv(args), args.launcher)}`',
-                  file=sys.stderr, flush=True)
+            command = elastic.resume_command(user_argv(args), args.launcher)
+            notes.to_log_files(logging.WARNING, f'To continue: `{command}`')
+            print(f'basicsr train: {stop}; continue with `{command}`', file=sys.stderr, flush=True)
         return 128 + stop.signum
     except BaseException as err:
         startup.after_failure(err, interrupt.training_started())

@@ -55,8 +55,11 @@ class StopFlag:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
-        print(f'\n{signal.Signals(signum).name} received: saving a resumable state after this iteration '
-              '(Ctrl-C again to stop at once).', flush=True)
+        try:  # never raise from here: a broken console must not stop the save (elan_arch.utils.console)
+            print(f'\n{signal.Signals(signum).name} received: saving a resumable state after this iteration '
+                  '(Ctrl-C again to stop at once).', flush=True)
+        except (OSError, ValueError):
+            pass
 
     def agreed(self, device: torch.device) -> Optional[int]:
         """The signal number if this rank (or, under ``dist``, any rank) was signalled, else None."""

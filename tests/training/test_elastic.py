@@ -140,6 +140,31 @@ def test_sigterm_to_torchrun_stops_all_ranks_with_a_state_that_a_rerun_continues
     assert re.search(rf'iter:\s+{stopped + 2},', log)
 
 
+def test_ctrl_c_to_torchrun_piped_into_tee_saves_although_the_pipe_is_gone(root):
+    """``torchrun ... | tee log`` and Ctrl-C: tee ends and the agent forwards SIGINT to the workers, whose output
+    (the agent's pipe) is broken by then; rank 0 saves all the same, and a rerun continues."""
+    no_checkpoint = 'logger:save_checkpoint_freq=400'
+    command = worker_command(root / 'out_piped', force('piped', 400, no_checkpoint), STANDALONE, option(root))
+    (root / 'out_piped').mkdir()
+    read_end, write_end = os.pipe()
+    agent = subprocess.Popen(command, cwd=root, env=TEST_ENV, stdout=write_end, stderr=write_end)
+    os.close(write_end)
+    with os.fdopen(read_end) as tee:
+        for line in tee:
+            if re.search(r'iter:\s+4,', line):
+                break
+    agent.send_signal(signal.SIGINT)  # the terminal's Ctrl-C (torchrun starts its workers in their own sessions)
+    agent.wait(timeout=120)
+    exp = root / 'experiments' / 'piped'
+    log = ''.join(path.read_text() for path in exp.glob('train_piped_*.log'))
+    stopped = int(re.search(r'stopped by SIGINT after iteration (\d+)', log).group(1))
+    assert [int(p.stem) for p in (exp / 'training_states').glob('*.state')] == [stopped], log[-3000:]
+    assert 'To continue: `' in log and '--auto_resume`' in log and 'Training failed' not in log
+    rerun = force('piped', 400, no_checkpoint, f'train:total_iter={stopped + 1}')
+    log = succeeded(torchrun(root, root / 'out_piped', STANDALONE, ['--auto_resume', *rerun]))
+    assert f'Resuming training from epoch: 0, iter: {stopped}.' in log
+
+
 def _thread(target, *args) -> dict:
     result: dict = {}
 

@@ -5,9 +5,13 @@ to a larger ``total_iter``, and a run killed with SIGKILL resumes to bit-identic
 workers). The distributed cases are in tests/training/test_elastic.py."""
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import List
 
@@ -154,6 +158,50 @@ def test_run_killed_with_sigkill_resumes_to_identical_weights(root, finished, tm
     assert sorted(p.name for p in states.iterdir()) == ['6.state']  # iterations 7 and 8 are lost
     out = ok(train(root, name, loader, auto_resume=True))
     assert 'Resuming training from epoch: 0, iter: 6.' in out
+    assert same_parameters(final_params(root, name), finished)
+
+
+def _log_text(root: Path, name: str) -> str:
+    logs = sorted((root / 'experiments' / name).glob(f'train_{name}_*.log'))
+    return logs[-1].read_text() if logs else ''
+
+
+@pytest.mark.parametrize('console', ['pipe whose reader exits', 'full disk'])
+def test_interrupted_with_a_broken_console_saves_and_resumes_to_identical_weights(root, finished, console):
+    """``basicsr train ... 2>&1 | tee train.log`` and Ctrl-C, which ends tee too; or output redirected to a full
+    disk (/dev/full) and SIGTERM: the state is saved all the same, the exit status says so, and the run
+    resumes to the weights of the uninterrupted one."""
+    name = 'piped' if console.startswith('pipe') else 'full_disk'
+    argv = [sys.executable, '-m', 'elan_arch.cli.basicsr_cmd', 'train', '-opt', str(root / OPTION),
+            '--force_yml', *TINY, *SCHEDULE, f'name={name}']
+    sig = signal.SIGINT if console.startswith('pipe') else signal.SIGTERM
+    if console.startswith('pipe'):
+        read_end, write_end = os.pipe()
+        proc = subprocess.Popen(argv, cwd=root, env=TEST_ENV, stdout=write_end, stderr=write_end,
+                                start_new_session=True)
+        os.close(write_end)
+        with os.fdopen(read_end) as reader:  # tee
+            for line in reader:
+                if re.search(r'iter:\s+2,', line):
+                    break
+        # the reader is gone: the next write to the pipe fails (EPIPE)
+    else:
+        with open('/dev/full', 'w') as full:  # every write: ENOSPC
+            proc = subprocess.Popen(argv, cwd=root, env=TEST_ENV, stdout=full, stderr=full, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while not re.search(r'iter:\s+2,', _log_text(root, name)) and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    os.killpg(proc.pid, sig)  # the whole group, as the terminal does (tee with it)
+    assert proc.wait(timeout=120) == 128 + sig, _log_text(root, name)[-3000:]
+    log = _log_text(root, name)
+    stopped = int(re.search(rf'stopped by {sig.name} after iteration (\d+)', log).group(1))
+    exp = root / 'experiments' / name
+    assert (exp / 'training_states' / f'{stopped}.state').is_file()
+    assert (exp / 'models' / f'net_g_{stopped}.pth').is_file()
+    assert 'To continue: `basicsr train -opt ' in log and 'Training failed' not in log
+    out = ok(train(root, name, auto_resume=True))
+    assert f'Resuming training from epoch: 0, iter: {stopped}.' in out
     assert same_parameters(final_params(root, name), finished)
 
 
