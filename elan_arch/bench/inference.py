@@ -109,17 +109,24 @@ def measure(keys: List[str], scale: int, size: Tuple[int, int], device, dtype, c
     return results
 
 
-def markdown(results: List[Result], setup: str) -> str:
-    """The results as a markdown table (with the set-up line above it)."""
-    base = next((r for r in results if r.key == BASELINE), None)
+def markdown(results: List[Result], setup: str, second_baseline: Optional[str] = None) -> str:
+    """The results as a markdown table (with the set-up line above it). ``second_baseline``: a
+    :data:`~elan_arch.bench.models.MODELS` key whose speed-up column follows SwinIR-light's."""
+    def speed_up(key: Optional[str], r: Result) -> str:
+        base = next((b for b in results if b.key == key), None)
+        return f'{base.latency / r.latency:.2f}x' if base and base.error is None else 'n/a'
+
+    second = f' speed-up vs {MODELS[second_baseline]} |' if second_baseline else ''
     lines = [setup, '',
-             '| model | params | GFLOPs | latency (ms, median) | speed-up vs SwinIR-light | peak memory (MiB) |',
-             '|---|---:|---:|---:|---:|---:|']
+             f'| model | params | GFLOPs | latency (ms, median) | speed-up vs SwinIR-light |{second} '
+             'peak memory (MiB) |',
+             '|---|---:|---:|---:|---:|' + ('---:|' if second_baseline else '') + '---:|']
     for r in results:
         if r.error is not None:
-            lines.append(f'| {r.name} | {r.params:,} | n/a | failed: {r.error} | n/a | n/a |')
+            lines.append(f'| {r.name} | {r.params:,} | n/a | failed: {r.error} | n/a |'
+                         f'{" n/a |" if second_baseline else ""} n/a |')
             continue
-        ratio = f'{base.latency / r.latency:.2f}x' if base and base.error is None else 'n/a'
+        ratio = speed_up(BASELINE, r) + (f' | {speed_up(second_baseline, r)}' if second_baseline else '')
         peak = f'{r.peak_mib:.0f}' if r.peak_mib is not None else 'n/a'
         gflops = f'{r.flops / 1e9:.1f}' if r.flops else 'n/a'  # onnxruntime's work is invisible to PyTorch
         lines.append(f'| {r.name} | {r.params:,} | {gflops} | {r.latency * 1e3:.0f} '

@@ -1,5 +1,6 @@
 """The models ``elan bench`` compares: ELAN (fast path, reference arithmetic, fused attention, onnxruntime),
-BasicSR's SwinIR-light and the EDSR baseline, freshly initialised (speed does not depend on the weights)."""
+the paper's ablation variants of ELAN-light (``--ablation``), BasicSR's SwinIR-light and the EDSR baseline,
+freshly initialised (speed does not depend on the weights)."""
 from __future__ import annotations
 
 import tempfile
@@ -9,6 +10,7 @@ from typing import Dict
 import torch
 from torch import Tensor, nn
 
+from elan_arch.archs.elan_arch import ELAN_ABLATIONS
 from elan_arch.archs.elan_blocks import pad_to_multiple
 from elan_arch.utils.errors import ElanError
 
@@ -24,10 +26,21 @@ MODELS: Dict[str, str] = {
     'swinir-light': 'SwinIR-light',
     'edsr': 'EDSR-baseline',
 }
+#: The ablation variants of ELAN-light (:data:`~elan_arch.archs.elan_arch.ELAN_ABLATIONS`): ``--models`` key ->
+#: ablation name. Each runs on the reference arithmetic (the one every variant has), so that they compare
+#: with ``elan-light-ref`` like for like.
+ABLATION_KEYS: Dict[str, str] = {f'elan-light-{name.replace("_", "-")}': name for name in ELAN_ABLATIONS}
+MODELS.update({key: f'ELAN-light {name} ({", ".join(f"{k}: {v}" for k, v in ELAN_ABLATIONS[name].items())})'
+               for key, name in ABLATION_KEYS.items()})
 BASELINE = 'swinir-light'
 #: Measured only when named in ``--models``: the ONNX export needs an extra (``pip install -e '.[onnx]'`` in a clone),
-#: ELAN's reference arithmetic is slow to wait for, the fused attention kernels need CUDA (``ELAN.fused_attention``).
-OPTIONAL_MODELS = ('elan-light-onnx', 'elan-ref', 'elan-light-fused', 'elan-fused')
+#: ELAN's reference arithmetic is slow to wait for, the fused attention kernels need CUDA (``ELAN.fused_attention``),
+#: the ablation variants are ``--ablation``'s.
+OPTIONAL_MODELS = ('elan-light-onnx', 'elan-ref', 'elan-light-fused', 'elan-fused', *ABLATION_KEYS)
+#: ``--ablation``'s models, in the table's order: the anchor, ELAN-light on both paths, then every variant.
+ABLATION_MODELS = ['swinir-light', 'elan-light', 'elan-light-ref', *ABLATION_KEYS]
+#: The row ``--ablation``'s second speed-up column compares with (the same arithmetic as the variants).
+ABLATION_REFERENCE = 'elan-light-ref'
 #: ``--train``'s default models.
 TRAIN_MODELS = ['elan-light', 'elan-light-ref', 'elan', 'elan-ref', 'swinir-light']
 
@@ -45,6 +58,9 @@ def build_model(key: str, scale: int) -> nn.Module:
 
     if key == 'elan-light-onnx':
         net = OnnxRuntimeModule(ELAN(upscale=scale, **ELAN_VARIANTS['ELAN-light']).eval())
+    elif key in ABLATION_KEYS:
+        net = ELAN(upscale=scale, **{**ELAN_VARIANTS['ELAN-light'], **ELAN_ABLATIONS[ABLATION_KEYS[key]]})
+        net.fast_inference = net.fast_training = False
     elif key.startswith('elan'):
         net = ELAN(upscale=scale, **ELAN_VARIANTS['ELAN-light' if key.startswith('elan-light') else 'ELAN'])
         net.fast_inference = net.fast_training = not key.endswith('-ref')

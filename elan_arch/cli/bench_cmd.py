@@ -1,9 +1,10 @@
-"""``elan bench``: the command line of :mod:`elan_arch.bench` (inference latency, or training steps with
-``--train``); the measurements themselves are in :mod:`elan_arch.bench.inference` and
-:mod:`elan_arch.bench.training`."""
+"""``elan bench``: the command line of :mod:`elan_arch.bench` (inference latency, the paper's ablation
+variants with ``--ablation``, or training steps with ``--train``); the measurements themselves are in
+:mod:`elan_arch.bench.inference` and :mod:`elan_arch.bench.training`, the models in :mod:`elan_arch.bench.models`."""
 from __future__ import annotations
 
 import argparse
+import datetime
 import platform
 from pathlib import Path
 from typing import Tuple
@@ -11,10 +12,13 @@ from typing import Tuple
 import torch
 
 from elan_arch.archs import window_kernels
-from elan_arch.bench.models import MODELS, OPTIONAL_MODELS, TRAIN_MODELS, build_model
+from elan_arch.bench.models import (ABLATION_MODELS, ABLATION_REFERENCE, MODELS, OPTIONAL_MODELS, TRAIN_MODELS,
+                                    build_model)
 from elan_arch.utils.errors import ElanError
 
 DEFAULT_SIZE = '176x320'
+#: ``--ablation``'s default input: the paper's latency size at x4 (1280x720 output).
+ABLATION_SIZE = '180x320'
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,8 +31,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         'configuration and the EDSR baseline, in one run on one random input; random weights (speed does not '
         'depend on them). Prints a markdown table and writes it with a bar chart.')
     parser.add_argument('--scale', type=int, default=4, help='upscale factor (default: 4)')
-    parser.add_argument('--size', help=f'LR input HxW (default: {DEFAULT_SIZE}, i.e. 704x1280 output at x4; not with '
-                        '--train, which takes --patch and --batch)')
+    parser.add_argument('--size', help=f'LR input HxW (default: {DEFAULT_SIZE}, i.e. 704x1280 output at x4; with '
+                        f'--ablation {ABLATION_SIZE}, 720x1280; not with --train, which takes --patch and --batch)')
+    parser.add_argument('--ablation', action='store_true',
+                        help='measure the paper\'s ablation variants of ELAN-light (options/ablation/: no shift, 3x3 '
+                        'LFE, single window sizes, standard attention, no or more sharing, no shifted windows), all on '
+                        'the reference arithmetic, with ELAN-light on both paths and SwinIR-light as the anchor '
+                        '(writes bench_ablation_<device>_x<scale>_<size>.md/.png; not with --models or --train)')
     parser.add_argument('--models', nargs='+', choices=list(MODELS),
                         help=f'models to measure (default: all but {", ".join(OPTIONAL_MODELS)}: the ONNX export of '
                         'ELAN-light run by onnxruntime, CPU float32 only, and ELAN\'s reference arithmetic; '
@@ -109,7 +118,10 @@ def run(args: argparse.Namespace) -> int:
     if args.train and args.size is not None:
         raise ElanError(f'--size {args.size} is the input of the inference benchmark; --train times batches of '
                         'square LR patches: use --patch N (default 32) and --batch N (default 8) instead')
-    args.size = args.size or DEFAULT_SIZE
+    if args.ablation and (args.train or args.models):
+        raise ElanError('--ablation measures its own set of models at inference: leave out '
+                        f'{"--train" if args.train else "--models"}')
+    args.size = args.size or (ABLATION_SIZE if args.ablation else DEFAULT_SIZE)
     size = parse_size(args.size)
     if args.runs < 1 or args.warmup < 0:
         raise ElanError('--runs must be >= 1 and --warmup >= 0')
@@ -126,20 +138,25 @@ def run(args: argparse.Namespace) -> int:
         where = f'CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads'
     if args.train:
         return run_training(args, device, where)
-    args.models = args.models or [key for key in MODELS if key not in OPTIONAL_MODELS]
-    stem = f'bench_{device.type}{"_half" if args.half else ""}_x{args.scale}_{size[0]}x{size[1]}'
+    args.models = ABLATION_MODELS if args.ablation else args.models or [
+        key for key in MODELS if key not in OPTIONAL_MODELS]
+    stem = (f'bench_{"ablation_" if args.ablation else ""}{device.type}{"_half" if args.half else ""}'
+            f'_x{args.scale}_{size[0]}x{size[1]}')
     md_path, png_path = args.output_dir / f'{stem}.md', args.output_dir / f'{stem}.png'
     for path in (md_path, png_path):
         check_output_free(path, args.force)
-    setup = (f'x{args.scale}, LR input {size[0]}x{size[1]}, batch 1, {where}, '
+    ablation = (f'ablation variants of ELAN-light, each on the reference arithmetic; {datetime.date.today()}; '
+                if args.ablation else '')
+    setup = (f'{ablation}x{args.scale}, LR input {size[0]}x{size[1]}, batch 1, {where}, '
              f'{"float16" if args.half else "float32"}{f", torch.compile ({args.compile})" if args.compile else ""}; '
              f'median of {args.runs} runs after {args.warmup} warm-up; torch {torch.__version__}; '
-             f'command: `elan bench --scale {args.scale} --size {args.size} --device {args.device}'
+             f'command: `elan bench{" --ablation" if args.ablation else ""} --scale {args.scale} --size {args.size} '
+             f'--device {args.device}'
              f'{" --half" if args.half else ""}{f" --compile {args.compile}" if args.compile else ""}'
              f'{f" --threads {args.threads}" if args.threads else ""} --runs {args.runs} --warmup {args.warmup}`')
     results = measure(args.models, args.scale, size, device, dtype, args.compile, args.runs, args.warmup,
                       progress=not args.quiet)
-    table = markdown(results, setup)
+    table = markdown(results, setup, ABLATION_REFERENCE if args.ablation else None)
     print(table)
     with atomic_path(md_path, overwrite=args.force) as tmp:
         tmp.write_text(table)
