@@ -15,6 +15,13 @@
 Exit status 0 when ELAN beats bicubic in average PSNR, 1 when it does not, 2 on errors.
 Run it from the repository root (it reads ``options/`` and writes ``datasets/``, ``experiments/``,
 ``results/`` and ``tb_logger/`` there).
+
+Ablations: ``--variant NAME`` (one of :data:`~elan_arch.archs.elan_arch.ELAN_ABLATIONS`, e.g. ``no_shift``) and
+``--set OPTION=VALUE`` (any ELAN option of ``network_g``, e.g. ``lfe=conv1x1``) change the network of both
+commands (``--force_yml network_g:...``), and the run's names get a suffix (``ELAN_light_x4_demo_no_shift``,
+``test_ELAN_light_x4_demo_no_shift``) so that runs of different variants keep their own experiment and results
+folders; the test reads that run's weights. Without them the demo runs exactly as described above. This compares
+variants on the demo's few photos and minutes of training, not the paper's DIV2K recipe.
 """
 from __future__ import annotations
 
@@ -175,10 +182,10 @@ def compare_with_bicubic(images: Dict[str, dict], scale: int) -> Dict[str, dict]
 
 
 def write_pictures(images: Dict[str, dict], results: Dict[str, dict], train_opt: dict, iters: int,
-                   out_dir: Path) -> List[Path]:
+                   out_dir: Path, label: str = 'ELAN-light x4') -> List[Path]:
     """Side-by-side crops per photo and the validation PSNR curve of the newest training log, in
     ``out_dir``; returns the paths written (the curve is skipped, with a note, if the log does not
-    hold one validation result per expected validation)."""
+    hold one validation result per expected validation). ``label`` names the network in the curve's title."""
     from elan_arch.demo.report import comparison_image, validation_curve, validation_psnrs
 
     written = []
@@ -193,11 +200,70 @@ def write_pictures(images: Dict[str, dict], results: Dict[str, dict], train_opt:
     if len(psnrs) == len(checkpoints):
         bicubic = sum(r['bicubic'][0] for r in results.values()) / len(results)
         written.append(validation_curve(checkpoints, psnrs, bicubic, out_dir / 'validation_psnr.png',
-                                        f'ELAN-light x4 on the held-out photos ({iters} iterations)'))
+                                        f'{label} on the held-out photos ({iters} iterations)'))
     else:
         print(f'(no PSNR curve: {len(psnrs)} validation results in the newest training log, '
               f'{len(checkpoints)} expected)')
     return written
+
+
+def _yml_text(value: object) -> str:
+    """A value as ``--force_yml`` text (basicsr parses true/false, numbers and ``[...]`` lists back)."""
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    return str(value)
+
+
+def network_options(variant: Optional[str], settings: Sequence[str]) -> Dict[str, str]:
+    """The ``network_g`` options a demo run changes, as ``--force_yml`` value texts: those of the ablation
+    ``variant`` (:data:`~elan_arch.archs.elan_arch.ELAN_ABLATIONS`), then each ``OPTION=VALUE`` of ``settings``
+    (``--set``; a ``network_g:`` prefix is allowed). ElanError for an unknown variant or option, or a setting
+    that is not ``OPTION=VALUE``."""
+    import inspect
+
+    from elan_arch.archs.elan_arch import ELAN, ELAN_ABLATIONS
+
+    options: Dict[str, str] = {}
+    if variant is not None:
+        if variant not in ELAN_ABLATIONS:
+            raise ElanError(f'--variant {variant}: not one of {", ".join(ELAN_ABLATIONS)}')
+        options.update({k: _yml_text(v) for k, v in ELAN_ABLATIONS[variant].items()})
+    known = [name for name in inspect.signature(ELAN).parameters]
+    for setting in settings:
+        key, sep, value = setting.partition('=')
+        key, value = key.strip(), value.strip()
+        key = key[len('network_g:'):] if key.startswith('network_g:') else key
+        if not sep or not key or not value or '=' in value:
+            raise ElanError(f'--set {setting!r}: expected OPTION=VALUE with an ELAN option of network_g, '
+                            'e.g. --set lfe=conv1x1')
+        if key not in known:
+            raise ElanError(f'--set {setting}: {key!r} is not an ELAN option (one of {", ".join(known)})')
+        options[key] = value
+    return options
+
+
+def check_network(network_g: dict, options: Dict[str, str]) -> None:
+    """Build ``network_g`` with ``options`` parsed as basicsr's ``--force_yml`` parses them, so that an invalid
+    variant stops before training starts (ElanError with ELAN's rule)."""
+    from basicsr.utils.options import _postprocess_yml_value
+
+    from elan_arch.archs.elan_arch import ELAN
+
+    kwargs = {k: v for k, v in network_g.items() if k != 'type'}
+    kwargs.update({k: _postprocess_yml_value(v) for k, v in options.items()})
+    try:
+        ELAN(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ElanError(f'this network cannot be built: {err}') from err
+
+
+def run_suffix(variant: Optional[str], settings: Sequence[str], options: Dict[str, str]) -> str:
+    """The suffix of the run's names: the variant's name, then the ``--set`` options as ``key-value``."""
+    parts = [variant] if variant else []
+    set_keys = [s.partition('=')[0].strip().replace('network_g:', '') for s in settings]
+    parts += [re.sub(r'[^A-Za-z0-9_.-]+', '', re.sub(r'[,\s]+', '.', f'{k}-{options[k]}'))
+              for k in dict.fromkeys(set_keys)]
+    return '_'.join(parts)
 
 
 def format_table(results: Dict[str, dict]) -> str:
@@ -219,33 +285,54 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m elan_arch.demo', description=__doc__.split('\n\n')[0])
     parser.add_argument('--iters', type=int, help=f'training iterations (default: total_iter of {TRAIN_OPT}; '
                                                   f'{GPU_ITERS} with a GPU)')
+    parser.add_argument('--variant', help='train and test one of the paper\'s ablation variants of ELAN-light '
+                        '(no_shift, conv3x3, window4, window8, window16, sa, no_share, share3, no_shift_windows; '
+                        'see options/ablation/) instead; its runs get their own names')
+    parser.add_argument('--set', action='append', default=[], metavar='OPTION=VALUE', dest='settings',
+                        help='change an ELAN option of network_g for this run (repeatable; e.g. --set lfe=conv1x1 '
+                        'or --set network_g:window_sizes=[8,16]); its runs get their own names')
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    resume = f'basicsr train -opt {TRAIN_OPT} --auto_resume'
     try:
         import elan_arch  # noqa: F401  (before basicsr)
         train_opt, test_opt = _load_yaml(TRAIN_OPT), _load_yaml(TEST_OPT)
+        options = network_options(args.variant, args.settings)
+        renames: List[str] = []
+        test_renames: List[str] = []
+        label = 'ELAN-light x4'
+        if options:  # an ablation: its own experiment and results, the test reading its weights
+            check_network(train_opt['network_g'], options)
+            suffix = run_suffix(args.variant, args.settings, options)
+            train_opt['name'], test_opt['name'] = f'{train_opt["name"]}_{suffix}', f'{test_opt["name"]}_{suffix}'
+            network = [f'network_g:{k}={v}' for k, v in options.items()]
+            renames = [f'name={train_opt["name"]}', *network]
+            test_renames = ['--force_yml', f'name={test_opt["name"]}',
+                            f'path:pretrain_network_g=experiments/{train_opt["name"]}/models/net_g_latest.pth',
+                            *network]
+            label = f'ELAN-light x4 {suffix} ({", ".join(f"{k}: {v}" for k, v in options.items())})'
+            resume += ' --force_yml ' + ' '.join(renames)
         ensure_demo_data(Path(train_opt['datasets']['train']['dataroot_gt']).parent)
         iters = args.iters or default_iters(train_opt)
         if iters < 1:
             raise ElanError(f'--iters {iters}: must be at least 1')
-        overrides = [f'train:total_iter={iters}', f'train:scheduler:periods=[{iters}]']
+        overrides = [f'train:total_iter={iters}', f'train:scheduler:periods=[{iters}]', *renames]
         env = command_env()  # one decision for both commands, taken as the demo starts
         run_logged(['train', '-opt', TRAIN_OPT, '--force_yml', *overrides], total_iters=iters, env=env)
-        run_logged(['test', '-opt', TEST_OPT], env=env)
+        run_logged(['test', '-opt', TEST_OPT, *test_renames], env=env)
         test_set = test_opt['datasets']['test_1']
         images = load_images(Path(test_set['dataroot_gt']), Path(test_set['dataroot_lq']),
                              Path('results', test_opt['name'], 'visualization', test_set['name']),
                              test_opt['name'], int(test_opt['scale']))
         results = compare_with_bicubic(images, int(test_opt['scale']))
-        pictures = write_pictures(images, results, train_opt, iters, Path('results', test_opt['name']))
+        pictures = write_pictures(images, results, train_opt, iters, Path('results', test_opt['name']), label)
     except ElanError as err:
         print(f'demo: error: {err}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f'demo: interrupted (a stopped training saved its state: basicsr train -opt {TRAIN_OPT} '
-              '--auto_resume continues it)', file=sys.stderr)
+        print(f'demo: interrupted (a stopped training saved its state: {resume} continues it)', file=sys.stderr)
         return 130
-    print(f'\nELAN-light x4 after {iters} iterations vs bicubic on the held-out photos '
+    print(f'\n{label} after {iters} iterations vs bicubic on the held-out photos '
           f'(Y channel, border 4; {time.perf_counter() - start:.0f} s in all):\n{format_table(results)}')
     gain = sum(r['ELAN'][0] - r['bicubic'][0] for r in results.values()) / len(results)
     print(f'\nELAN {"beats" if gain > 0 else "does NOT beat"} bicubic by {gain:+.2f} dB average PSNR.')
