@@ -92,10 +92,14 @@ def _registered(kind: str, name: str) -> bool:
     return name in table or f'{name}_basicsr' in table  # Registry.get also tries the suffixed name
 
 
-def check_option_file(path: str, plugins: List[str], overridden: List[str]) -> Dict[str, Any]:
-    """Load ``path`` and check that every type it names is registered; :class:`ElanError` otherwise.
+def check_option_file(path: str, plugins: List[str], overridden: List[str], phase: Optional[str] = None
+                      ) -> Dict[str, Any]:
+    """Load ``path`` and check that every type it names is registered, and that it has the datasets ``phase``
+    ('train' or 'test') needs; :class:`ElanError` otherwise.
 
-    ``overridden`` lists ``--force_yml`` keys (``a:b:c``), which are not checked here.
+    ``overridden`` lists ``--force_yml`` keys (``a:b:c``), which are not checked here. (The values, the
+    networks' options and the files they name are checked once the options are parsed:
+    :mod:`elan_arch.training.startup`.)
     """
     import yaml
 
@@ -120,6 +124,13 @@ def check_option_file(path: str, plugins: List[str], overridden: List[str]) -> D
             raise ElanError(f'-opt {path}: {key} names {name!r}, which no loaded {kind} registry holds '
                             f'(basicsr and plugins {", ".join(plugins) or "none"}); check the spelling or install '
                             f'the plugin that provides it')
+    datasets = opt.get('datasets')
+    if (phase is not None and not isinstance(datasets, dict)) or (phase == 'test' and not datasets):
+        what = 'a train set (datasets: train: ...)' if phase == 'train' else 'a test set (datasets: test_1: ...)'
+        raise ElanError(f'-opt {path}: datasets is missing; basicsr {phase} needs {what}')
+    if phase == 'train' and not isinstance(datasets.get('train'), dict):
+        raise ElanError(f'-opt {path}: datasets:train is missing; basicsr train needs a train set '
+                        f'(datasets has {", ".join(map(str, datasets)) or "nothing"})')
     return opt
 
 
@@ -155,7 +166,7 @@ def _train(args: argparse.Namespace) -> int:
 def run_phase(args: argparse.Namespace) -> int:
     """Run ``args.phase`` ('train' or 'test') with basicsr's pipeline; return the exit code."""
     plugins = load_plugins()
-    check_option_file(args.opt, plugins, [entry.split('=')[0].strip() for entry in args.force_yml or []])
+    check_option_file(args.opt, plugins, [entry.split('=')[0].strip() for entry in args.force_yml or []], args.phase)
     from elan_arch.training import basicsr_fixes
 
     basicsr_fixes.apply()

@@ -29,6 +29,8 @@ behaviour wherever basicsr works and only changes the case it gets wrong
   state to ``cuda.current_device()`` (fails without CUDA) and dies on a damaged state. Replaced by
   :func:`load_resume_state`: the checks of :mod:`elan_arch.training.startup`, then :mod:`elan_arch.training.resume`
   (newest intact checkpoint, damaged ones moved aside, implied on torchrun restarts).
+- ``test.make_exp_dirs``: ``basicsr test`` made ``results/<name>`` before reading its test sets and
+  network, and left it empty when one was missing; wrapped by :func:`checked_test_start`.
 - ``utils.misc.mkdir_and_rename`` (also ``train.mkdir_and_rename``): replaced by
   :func:`elan_arch.training.startup.make_run_folder` (undone when the start fails; reused on restarts).
 - ``models.base_model.BaseModel.resume_training``: the saved scheduler overrode the schedule of the
@@ -214,6 +216,19 @@ def load_resume_state(opt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     return state
 
 
+def checked_test_start(make_exp_dirs: Callable) -> Callable:
+    """Wrap ``basicsr.test.make_exp_dirs`` (the first call of ``basicsr test`` after the options, and the one
+    that makes ``results/<name>``): :func:`startup.check_test_options` first, so a missing test set or network
+    file is a message and leaves no empty results folder."""
+
+    @functools.wraps(make_exp_dirs)
+    def wrapper(opt: Dict[str, Any]) -> Any:
+        startup.check_test_options(opt)
+        return make_exp_dirs(opt)
+
+    return wrapper
+
+
 def seeded_train_loader(build_dataloader: Callable) -> Callable:
     """Wrap ``basicsr.data.build_dataloader``: a training set sampled by a :class:`ResumableSampler` is
     read through :class:`SeededDataset`."""
@@ -272,6 +287,7 @@ def apply() -> None:
     BaseModel.save_training_state = _saved_atomically(BaseModel.save_training_state, 'training_states')
     BaseModel.resume_training = resume.schedule_from_options(BaseModel.resume_training)
     train.load_resume_state = load_resume_state
+    test.make_exp_dirs = checked_test_start(test.make_exp_dirs)
     misc.mkdir_and_rename = train.mkdir_and_rename = startup.make_run_folder
     train.EnlargedSampler = ResumableSampler
     train.build_dataloader = seeded_train_loader(train.build_dataloader)

@@ -25,6 +25,7 @@ from os import path as osp
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from elan_arch.training import elastic
+from elan_arch.training.network_checks import check_network_options, pretrained_mismatch
 from elan_arch.training.notes import note, to_log_files, write_pending_notes
 from elan_arch.utils.errors import ElanError
 
@@ -84,6 +85,19 @@ def check_options(opt: Dict[str, Any]) -> None:
     for phase, dataset in datasets.items():
         _check_dataset(phase, dataset)
     _check_wandb(opt['logger'])
+    check_network_options(opt)
+
+
+def check_test_options(opt: Dict[str, Any]) -> None:
+    """``basicsr test``: every test set's files, the networks' options and the weights to test must be
+    usable before ``results/<name>`` is made (basicsr made it first, and left it empty after the error)."""
+    datasets = opt.get('datasets') or {}
+    if not datasets:
+        raise ElanError('option datasets is empty; a test run needs at least one test set (datasets: test_1: ...)')
+    for phase, dataset in datasets.items():
+        _check_dataset(phase, dataset)
+    check_network_options(opt)
+    check_pretrained(opt)
 
 
 def _check_wandb(logger_opt: Dict[str, Any]) -> None:
@@ -125,14 +139,21 @@ def check_devices(opt: Dict[str, Any], visible_gpus: Optional[int] = None) -> No
 
 
 def check_pretrained(opt: Dict[str, Any], verified: Iterable[str] = ()) -> None:
-    """Every ``path.pretrain_network_*`` must exist and load (except ``verified`` files)."""
+    """Every ``path.pretrain_network_*`` must exist, load and, for an ELAN loaded strictly, be of the scale and
+    variant configured (:func:`~elan_arch.training.network_checks.pretrained_mismatch`), except ``verified``
+    files."""
+    from elan_arch.data.paired_image_dataset import where
     from elan_arch.training.resume import read
 
     for key, value in opt['path'].items():
         if key.startswith('pretrain_network_') and value and value not in verified:
-            why = read(value)[1]
+            loaded, why = read(value)
             if why:
-                raise ElanError(f'path.{key}: {value} {why}; fix the path or set it to ~')
+                why = 'does not exist' if why == 'missing' else why
+                raise ElanError(f'path.{key}: {where(value)} {why}; fix the path or set it to ~')
+            mismatch = pretrained_mismatch(opt, key, loaded)
+            if mismatch:
+                raise ElanError(f'path.{key}: {value} {mismatch}')
 
 
 def make_run_folder(path: str) -> None:

@@ -82,7 +82,21 @@ FAILED_STARTS = {  # fault: (options that cause it, given the root; what the mes
     'LQ LMDB of another scale': (lambda root: ['scale=2', 'network_g:upscale=2'], 'is not x2 of LQ'),
     'meta_info key not stored': (lambda root: [f'datasets:train:dataroot_lq={_bad_meta_info_lmdb(root)}'],
                                  'listed but not stored: 9999_s001'),
+    'network option misspelt': (lambda root: ['network_g:c_elann=60'],
+                                "option network_g:c_elann: ELAN has no option 'c_elann' (did you mean c_elan?)"),
+    'pretrained weights of another scale': (lambda root: [f'path:pretrain_network_g={_x2_weights(root)}'],
+                                            'x2_light.pth holds ELAN-light x2, but network_g configures ELAN (custom) '
+                                            'x4 (colors=3, c_elan=60, m_elan=2, n_share=1, r_expand=2, lfe=shift, '
+                                            'attention=asa): upscale 2 in the file, 4 configured; m_elan 24'),
 }
+
+
+def _x2_weights(root: Path) -> Path:
+    from elan_arch import ELAN, ELAN_VARIANTS
+
+    path = root / 'x2_light.pth'
+    torch.save({'params': ELAN(upscale=2, **ELAN_VARIANTS['ELAN-light']).state_dict()}, path)
+    return path
 
 
 @pytest.mark.parametrize('fault', sorted(FAILED_STARTS))
@@ -91,8 +105,42 @@ def test_failed_start_leaves_no_folder(root, fault):
     options, message = FAILED_STARTS[fault]
     result = train(root, name, 'logger:use_tb_logger=true', *options(root))
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    assert 'Traceback' not in result.stderr
     leftovers = [p for folder in ('experiments', 'tb_logger') for p in (root / folder).glob(f'{name}*')]
     assert not leftovers
+
+
+TEST_FAILURES = {  # fault: (options, what the message says)
+    'missing weights': (['path:pretrain_network_g=experiments/nothing/models/net_g_latest.pth'],
+                        'path.pretrain_network_g: experiments/nothing/models/net_g_latest.pth (relative to the current '
+                        'directory: {root}/experiments/nothing/models/net_g_latest.pth) does not exist'),
+    'missing test set': (['path:pretrain_network_g=experiments/base/models/net_g_latest.pth',
+                          'datasets:test_1:dataroot_lq=datasets/demo/val/LRbicx3'],
+                         'dataroot_lq datasets/demo/val/LRbicx3 (relative to the current directory: '
+                         '{root}/datasets/demo/val/LRbicx3)'),
+    'weights of another scale': (['path:pretrain_network_g=x2_light.pth'], 'x2_light.pth holds ELAN-light x2'),
+}
+
+
+@pytest.mark.parametrize('fault', sorted(TEST_FAILURES))
+def test_a_test_run_that_cannot_start_says_why_and_leaves_no_results_folder(root, finished, fault):
+    _x2_weights(root)
+    options, message = TEST_FAILURES[fault]
+    test_option = str(Path(__file__).resolve().parents[2] / 'options' / 'test_ELAN_light_x4_demo.yml')
+    result = run_python(['-m', 'elan_arch.cli.basicsr_cmd', 'test', '-opt', test_option, '--force_yml',
+                         'name=failed_test', 'network_g:m_elan=2', *options], root, TEST_ENV)
+    assert result.returncode == 2 and message.format(root=root) in result.stderr, result.stderr[-2000:]
+    assert 'Traceback' not in result.stderr and not (root / 'results').exists()
+
+
+@pytest.mark.parametrize('phase', ['train', 'test'])
+def test_an_option_file_without_datasets_is_a_message(root, phase):
+    option = root / f'no_datasets_{phase}.yml'
+    option.write_text('\n'.join(line for line in (root / OPTION).read_text().split('\ndatasets:')[0].splitlines()
+                                if line.strip()) + '\nnetwork_g: {type: ELAN}\n')
+    result = run_python(['-m', 'elan_arch.cli.basicsr_cmd', phase, '-opt', str(option)], root, TEST_ENV)
+    assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-2000:]
+    assert f'datasets is missing; basicsr {phase} needs a {phase} set' in result.stderr
 
 
 def test_start_failing_after_the_folders_restores_the_previous_run(root, finished):
