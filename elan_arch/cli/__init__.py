@@ -42,11 +42,18 @@ def run_command(prog: str, args: argparse.Namespace) -> int:
             return 130
 
 
+#: The subcommands that compute with PyTorch's CPU threads, whose OpenMP wait policy follows the CPU's load.
+COMPUTING = ('train', 'test', 'upscale', 'bench')
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    from elan_arch.utils.cpu_tuning import tune_process
+    from elan_arch.utils.cpu_tuning import choose_wait_policy, tune_process
 
     tune_process()
-    return run_command('elan', build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    if argv is None and args.command in COMPUTING:  # the command line, not a call from Python
+        choose_wait_policy(f'elan {args.command}')
+    return run_command('elan', args)
 
 
 if __name__ == '__main__':

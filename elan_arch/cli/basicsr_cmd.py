@@ -184,11 +184,14 @@ def run_phase(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from elan_arch.utils.cpu_tuning import tune_process
+    from elan_arch.utils.cpu_tuning import choose_wait_policy, tune_process
     from elan_arch.cli import run_command
 
     tune_process()
-    return run_command('basicsr', build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    if argv is None:  # the command line (or torchrun's worker), not a call from Python
+        choose_wait_policy(f'basicsr {args.command}')
+    return run_command('basicsr', args)
 
 
 if __name__ == '__main__':

@@ -8,9 +8,10 @@
 3. ``basicsr test -opt options/test_ELAN_light_x4_demo.yml`` on the held-out photos;
 4. Y-channel PSNR / SSIM (border 4, BasicSR's metrics) of ELAN's images and of MATLAB-bicubic
    upscaling of the same LR images, per photo and on average;
-5. pictures in ``results/<test name>/``: per photo the same crop of bicubic, ELAN and the original
-   side by side (``compare_<photo>.png``), and the validation PSNR over the iterations against the
-   bicubic line (``validation_psnr.png``).
+5. pictures in ``results/<test name>_pictures/`` (:func:`pictures_folder`, where a later ``basicsr test``
+   does not move them): per photo the same crop of bicubic, ELAN and the original side by side
+   (``compare_<photo>.png``), and the validation PSNR over the iterations against the bicubic line
+   (``validation_psnr.png``); the paths of the trained weights and of the pictures are printed at the end.
 
 Exit status 0 when ELAN beats bicubic in average PSNR, 1 when it does not, 2 on errors.
 Run it from the repository root (it reads ``options/`` and writes ``datasets/``, ``experiments/``,
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from elan_arch.utils.errors import ElanError
 
@@ -53,44 +54,13 @@ def _load_yaml(path: str) -> dict:
         return yaml.safe_load(handle)
 
 
-def _cpu_ticks() -> Optional[List[int]]:
-    """The aggregate CPU line of ``/proc/stat`` (user, nice, system, idle, iowait, ...), None elsewhere."""
-    try:
-        with open('/proc/stat', encoding='ascii') as handle:
-            return [int(v) for v in handle.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-
-
-def cpu_busy(seconds: float = 0.5, threshold: float = 0.25,
-             read_ticks: Callable[[], Optional[List[int]]] = _cpu_ticks) -> bool:
-    """Whether other work keeps more than ``threshold`` of the CPU busy (sampled over ``seconds``).
-
-    Decides how PyTorch's OpenMP threads wait between operations. Measured on the 2-core CPU (a demo
-    training step): idle, spinning threads (OpenMP's default) take 0.73-0.89 s and passive waiting
-    (``OMP_WAIT_POLICY=PASSIVE``) 0.95-1.04 s; with a second such job on the CPU, spinning takes
-    2.1-3.5 s and passive waiting 1.2-1.8 s, and at a load average of 6 spinning was 10x slower. So the
-    demo waits passively only when the CPU is busy as it starts. Linux reads ``/proc/stat``; elsewhere
-    the 1-minute load average decides.
-    """
-    before = read_ticks()
-    if before is None:
-        return os.getloadavg()[0] > threshold * (os.cpu_count() or 1) if hasattr(os, 'getloadavg') else True
-    time.sleep(seconds)
-    after = read_ticks() or before
-    delta = [b - a for a, b in zip(before, after)]
-    total = sum(delta)
-    idle = delta[3] + (delta[4] if len(delta) > 4 else 0)  # idle + iowait
-    return total > 0 and (total - idle) / total > threshold
-
-
 def command_env() -> Dict[str, str]:
-    """The environment of the demo's ``basicsr`` commands: unbuffered output, and passive OpenMP waiting
-    if the CPU is busy now (:func:`cpu_busy`) and the user has not chosen a policy."""
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    if 'OMP_WAIT_POLICY' not in env and cpu_busy():
-        env['OMP_WAIT_POLICY'] = 'PASSIVE'
-    return env
+    """The environment of the demo's ``basicsr`` commands: unbuffered output, and OpenMP's wait policy chosen
+    once, as the demo starts, from the CPU's load (:func:`elan_arch.utils.cpu_tuning.wait_policy_env`: passive
+    on a busy CPU; an ``OMP_WAIT_POLICY`` of the user's wins)."""
+    from elan_arch.utils import cpu_tuning
+
+    return cpu_tuning.wait_policy_env(dict(os.environ, PYTHONUNBUFFERED='1'))
 
 
 def run_logged(argv: Sequence[str], total_iters: Optional[int] = None,
@@ -266,6 +236,37 @@ def run_suffix(variant: Optional[str], settings: Sequence[str], options: Dict[st
     return '_'.join(parts)
 
 
+def pictures_folder(test_name: str) -> Path:
+    """Where the demo writes its pictures: ``results/<test name>_pictures/``, next to (not in) the test run's
+    ``results/<test name>/``, which basicsr renames to ``<test name>_archived_<time>`` when the test runs again."""
+    return Path('results', f'{test_name}_pictures')
+
+
+def final_weights(experiment: Path) -> Optional[Path]:
+    """The trained network a run left in ``experiment/models/``: ``net_g_latest.pth`` (basicsr's save at the end),
+    else the ``net_g_<iter>.pth`` of the latest iteration; None if there is none."""
+    models = experiment / 'models'
+    if (models / 'net_g_latest.pth').is_file():
+        return models / 'net_g_latest.pth'
+    saved = [(int(m.group(1)), p) for p in models.glob('net_g_*.pth')
+             for m in [re.fullmatch(r'net_g_(\d+)\.pth', p.name)] if m]
+    return max(saved)[1] if saved else None
+
+
+def report_paths(experiment: Path, pictures: Sequence[Path]) -> List[str]:
+    """The lines that tell where the demo's results are (only files that exist): the trained weights, with the
+    command that upscales a photo with them, and the pictures."""
+    lines = []
+    weights = final_weights(experiment)
+    if weights is not None:
+        lines += [f'Trained weights: {weights}',
+                  f'Upscale a photo with them: elan upscale -i photo.jpg -o photo_x4.png --weights {weights}']
+    shown = [str(p) for p in pictures if p.is_file()]
+    if shown:
+        lines.append('Pictures: ' + ', '.join(shown))
+    return lines
+
+
 def format_table(results: Dict[str, dict]) -> str:
     """Markdown table: one row per image plus the average, PSNR (dB) / SSIM for bicubic and ELAN."""
     rows = ['| image | bicubic PSNR / SSIM | ELAN-light PSNR / SSIM | gain (dB) |', '|---|---|---|---|']
@@ -325,7 +326,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                              Path('results', test_opt['name'], 'visualization', test_set['name']),
                              test_opt['name'], int(test_opt['scale']))
         results = compare_with_bicubic(images, int(test_opt['scale']))
-        pictures = write_pictures(images, results, train_opt, iters, Path('results', test_opt['name']), label)
+        pictures = write_pictures(images, results, train_opt, iters, pictures_folder(test_opt['name']), label)
     except ElanError as err:
         print(f'demo: error: {err}', file=sys.stderr)
         return 2
@@ -336,6 +337,6 @@ def main(argv: Optional[List[str]] = None) -> int:
           f'(Y channel, border 4; {time.perf_counter() - start:.0f} s in all):\n{format_table(results)}')
     gain = sum(r['ELAN'][0] - r['bicubic'][0] for r in results.values()) / len(results)
     print(f'\nELAN {"beats" if gain > 0 else "does NOT beat"} bicubic by {gain:+.2f} dB average PSNR.')
-    print('Pictures: ' + ', '.join(str(p) for p in pictures))
+    print('\n'.join(report_paths(Path('experiments', train_opt['name']), pictures)))
     return 0 if gain > 0 else 1
 

@@ -59,6 +59,7 @@ def _check_scheduler(train_opt: Dict[str, Any]) -> None:
 def _check_dataset(phase: str, dataset: Dict[str, Any]) -> None:
     from elan_arch.data.paired_image_dataset import check_dataset_options, report_once, where
 
+    _relative_roots_exist(dataset.get('name', phase), dataset, where)
     if dataset.get('dataroot_gt') and dataset.get('dataroot_lq'):
         report_once(check_dataset_options(dataset), note)
         return
@@ -67,6 +68,17 @@ def _check_dataset(phase: str, dataset: Dict[str, Any]) -> None:
             if value and not osp.exists(value):
                 raise ElanError(f'dataset {dataset.get("name", phase)}: {key} {where(value)} does not exist; fix '
                                 'the path in the option file')
+
+
+def _relative_roots_exist(name: str, dataset: Dict[str, Any], where: Any) -> None:
+    """A relative ``dataroot_*`` that does not exist is named with the folder it was looked for in (relative
+    to the current directory, the root of the run, not to the option file)."""
+    for key, value in dataset.items():
+        if key.startswith('dataroot') and isinstance(value, str) and value and not osp.isabs(value) \
+                and not osp.exists(value):
+            raise ElanError(f'dataset {name}: {key} {where(value)} does not exist; fix the path in the option file, '
+                            'or run from the folder it is relative to (`elan prepare` makes the datasets: '
+                            'docs/data.md)')
 
 
 def check_options(opt: Dict[str, Any]) -> None:

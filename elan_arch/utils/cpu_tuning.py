@@ -1,6 +1,8 @@
-"""CPU settings the installed commands apply first: glibc's ``malloc`` tuned, denormals flushed.
+"""CPU settings the installed commands apply first: glibc's ``malloc`` tuned, denormals flushed, and how
+OpenMP's threads wait chosen from the load of the CPU.
 
-:func:`tune_process` applies both; ``elan`` and ``basicsr`` call it before anything else.
+:func:`tune_process` applies the first two; ``elan`` and ``basicsr`` call it before anything else, and
+:func:`choose_wait_policy` for the commands that compute (see "OpenMP waiting" below).
 
 Memory: keep freed memory in the process.
 
@@ -20,6 +22,16 @@ flushed to zero (the losses printed were the same to five digits). :func:`flush_
 CPU's flush-to-zero / denormals-are-zero modes (``torch.set_flush_denormal``) before PyTorch starts
 its thread pool, whose threads inherit them.
 ``ELAN_DENORMALS=keep`` in the environment keeps IEEE subnormals.
+
+OpenMP waiting: between two parallel operations PyTorch's OpenMP threads spin for a while before they
+sleep. On an idle CPU that is what makes small operations fast; with another job on the CPU the spinning
+threads take the cores that the job, and their own team, need, and a training step of the demo option
+ran many times slower (docs/performance.md has the measured figures). ``OMP_WAIT_POLICY=PASSIVE`` makes
+them sleep at once: faster on a busy CPU, slower on an idle one. :func:`wait_policy_env` chooses it when
+other work keeps more than a quarter of the CPU busy as a command starts (:func:`cpu_busy`); an
+``OMP_WAIT_POLICY`` already in the environment always wins. The OpenMP runtime reads the variable once,
+when it is loaded with torch, so :func:`choose_wait_policy` restarts the command (``exec``, same process)
+with it. The demo passes the same decision to its ``basicsr`` commands (:mod:`elan_arch.demo.run`).
 """
 from __future__ import annotations
 
@@ -27,6 +39,9 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import sys
+import time
+from typing import Callable, Dict, List, Mapping, Optional
 
 #: ``mallopt`` parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
@@ -59,3 +74,91 @@ def tune_process() -> None:
     """:func:`tune_malloc` and :func:`flush_denormals`: what the installed commands call first."""
     tune_malloc()
     flush_denormals()
+
+
+WAIT_POLICY = 'OMP_WAIT_POLICY'
+#: Set once the load was looked at, so that the commands a command starts (the demo's) do not look again.
+CHECKED = 'ELAN_WAIT_POLICY_CHECKED'
+
+
+def _cpu_ticks() -> Optional[List[int]]:
+    """The aggregate CPU line of ``/proc/stat`` (user, nice, system, idle, iowait, ...), None elsewhere."""
+    try:
+        with open('/proc/stat', encoding='ascii') as handle:
+            return [int(v) for v in handle.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_load(seconds: float = 0.5, read_ticks: Callable[[], Optional[List[int]]] = _cpu_ticks) -> Optional[float]:
+    """The share of the CPU (0-1, all cores) busy over the next ``seconds`` (``/proc/stat``); elsewhere the
+    1-minute load average per core; None where neither is known."""
+    before = read_ticks()
+    if before is None:
+        if not hasattr(os, 'getloadavg'):
+            return None
+        return min(os.getloadavg()[0] / (os.cpu_count() or 1), 1.0)
+    time.sleep(seconds)
+    after = read_ticks() or before
+    delta = [b - a for a, b in zip(before, after)]
+    total = sum(delta)
+    idle = delta[3] + (delta[4] if len(delta) > 4 else 0)  # idle + iowait
+    return (total - idle) / total if total > 0 else 0.0
+
+
+def cpu_busy(seconds: float = 0.5, threshold: float = 0.25,
+             read_ticks: Callable[[], Optional[List[int]]] = _cpu_ticks) -> bool:
+    """Whether other work keeps more than ``threshold`` of the CPU busy (sampled over ``seconds`` while this
+    process waits; unknown counts as busy)."""
+    load = cpu_load(seconds, read_ticks)
+    return True if load is None else load > threshold
+
+
+def wait_policy_env(environ: Mapping[str, str], busy: Optional[Callable[[], bool]] = None) -> Dict[str, str]:
+    """A copy of ``environ`` with ``OMP_WAIT_POLICY=PASSIVE`` if the CPU is busy now (``busy``, default
+    :func:`cpu_busy`), marked as decided (:data:`CHECKED`). Unchanged when a policy is already set or was
+    decided, or when OpenMP runs one thread (``OMP_NUM_THREADS=1``, a single core): nothing waits then."""
+    env = dict(environ)
+    if WAIT_POLICY in env or CHECKED in env or env.get('OMP_NUM_THREADS') == '1' or (os.cpu_count() or 1) < 2:
+        return env
+    env[CHECKED] = '1'
+    if (busy or cpu_busy)():
+        env[WAIT_POLICY] = 'PASSIVE'
+    return env
+
+
+def choose_wait_policy(prog: str, execv: Callable[[str, List[str]], None] = os.execv) -> Optional[str]:
+    """For a command that computes (``basicsr train``, ``elan upscale``, ...), as it starts: the policy of
+    :func:`wait_policy_env` put into ``os.environ``. Passive waiting chosen after torch was imported only
+    works in a new process: the command restarts itself (``execv``, same process id, same arguments),
+    saying so on stderr. Returns the policy chosen (None: OpenMP's default, or the user's)."""
+    env = wait_policy_env(os.environ)
+    chosen = env.get(WAIT_POLICY) if WAIT_POLICY not in os.environ else None
+    os.environ.update(env)
+    if chosen is None:
+        return None
+    why = (f'{prog}: other work keeps the CPU busy, so OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE, '
+           'faster on a shared CPU; set OMP_WAIT_POLICY yourself to choose)')
+    if 'torch' in sys.modules:  # its OpenMP runtime has read the environment already
+        argv = getattr(sys, 'orig_argv', None)  # Python 3.10+
+        if argv:
+            _say(f'{why}; restarting with it')
+            try:
+                execv(sys.executable, list(argv))
+            except OSError:
+                pass
+        _say(f'{prog}: other work keeps the CPU busy: if this runs slowly, start it with OMP_WAIT_POLICY=PASSIVE '
+             '(docs/performance.md)')
+        return None
+    _say(why)
+    return chosen
+
+
+def _say(message: str) -> None:
+    """A line on stderr, stdout flushed first (before an ``exec``); a broken console is not an error here."""
+    for stream, text in ((sys.stdout, ''), (sys.stderr, message + '\n')):
+        try:
+            stream.write(text)
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass

@@ -70,7 +70,7 @@ def test_the_default_demo_runs_the_same_commands(monkeypatch, capsys):
                         ['test', '-opt', demo.TEST_OPT]]
     assert seen == {'sr': Path('results/test_ELAN_light_x4_demo/visualization/demo_val'),
                     'suffix': 'test_ELAN_light_x4_demo', 'train_name': 'ELAN_light_x4_demo',
-                    'out': Path('results/test_ELAN_light_x4_demo'), 'label': 'ELAN-light x4'}
+                    'out': Path('results/test_ELAN_light_x4_demo_pictures'), 'label': 'ELAN-light x4'}
     assert '\nELAN-light x4 after 7 iterations vs bicubic on the held-out photos' in out
 
 
@@ -109,4 +109,4 @@ def test_a_variant_demo_trains_and_tests_that_network(tmp_path, monkeypatch):
     results = root / 'results' / 'test_ELAN_light_x4_demo_no_shift'
     assert sorted(p.name for p in (results / 'visualization' / 'demo_val').glob('*.png')) == [
         'chelsea_test_ELAN_light_x4_demo_no_shift.png', 'motorcycle_left_test_ELAN_light_x4_demo_no_shift.png']
-    assert (results / 'compare_chelsea.png').is_file()
+    assert (root / 'results' / 'test_ELAN_light_x4_demo_no_shift_pictures' / 'compare_chelsea.png').is_file()

@@ -1,10 +1,7 @@
 """The demo's pictures: crops side by side, the validation PSNR curve, and what main() writes from them."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -73,29 +70,27 @@ def test_write_pictures_names_and_curve(tmp_path, monkeypatch, capsys):
     assert [p.name for p in written] == ['compare_chelsea.png'] and 'no PSNR curve' in capsys.readouterr().out
 
 
-def test_cpu_busy_reads_the_share_of_busy_ticks():
-    from elan_arch.demo.run import cpu_busy
+def test_the_paths_the_demo_prints_exist(tmp_path, monkeypatch):
+    """The trained weights (net_g_latest.pth, else the last net_g_<iter>.pth) and the pictures, each printed only
+    if it exists; the pictures live where a later `basicsr test` of the demo does not move them."""
+    from elan_arch.demo.run import TEST_OPT, _load_yaml, pictures_folder, report_paths
 
-    def reader(*samples):
-        it = iter(samples)
-        return lambda: next(it)
-    # user, nice, system, idle, iowait: 10% busy, then 60% busy over the interval
-    assert not cpu_busy(0, read_ticks=reader([0, 0, 0, 0, 0], [5, 0, 5, 85, 5]))
-    assert cpu_busy(0, read_ticks=reader([0, 0, 0, 0, 0], [50, 0, 10, 40, 0]))
-
-
-@pytest.mark.skipif(not os.path.exists('/proc/stat'), reason='reads /proc/stat')
-def test_cpu_busy_sees_processes_spinning_on_every_core():
-    from elan_arch.demo.run import cpu_busy
-
-    spinners = [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(os.cpu_count() or 1)]
-    try:
-        time.sleep(0.3)
-        assert cpu_busy(0.5)
-    finally:
-        for proc in spinners:
-            proc.kill()
-            proc.wait()
+    experiment = tmp_path / 'experiments' / 'ELAN_light_x4_demo'
+    (experiment / 'models').mkdir(parents=True)
+    for name in ('net_g_100.pth', 'net_g_500.pth', 'net_g_latest_backup.pth'):
+        (experiment / 'models' / name).write_bytes(b'x')
+    picture = tmp_path / 'compare_chelsea.png'
+    picture.write_bytes(b'png')
+    lines = report_paths(experiment, [picture, tmp_path / 'validation_psnr.png'])  # the curve was not written
+    assert lines == [f'Trained weights: {experiment}/models/net_g_500.pth',
+                     f'Upscale a photo with them: elan upscale -i photo.jpg -o photo_x4.png --weights '
+                     f'{experiment}/models/net_g_500.pth',
+                     f'Pictures: {picture}']
+    (experiment / 'models' / 'net_g_latest.pth').write_bytes(b'x')  # what a finished run leaves
+    assert report_paths(experiment, [])[0] == f'Trained weights: {experiment}/models/net_g_latest.pth'
+    assert report_paths(tmp_path / 'nothing', []) == []
+    test_name = _load_yaml(str(Path(__file__).resolve().parents[2] / TEST_OPT))['name']
+    assert pictures_folder(test_name) == Path('results', f'{test_name}_pictures')  # not results/<test name>/
 
 
 @pytest.mark.parametrize('busy', [True, False])
@@ -115,12 +110,16 @@ def test_demo_commands_wait_passively_only_on_a_busy_cpu(monkeypatch, busy):
         def __exit__(self, *exc):
             return False
 
-    monkeypatch.delenv('OMP_WAIT_POLICY', raising=False)
-    monkeypatch.setattr(demo, 'cpu_busy', lambda: busy)
+    from elan_arch.utils import cpu_tuning
+
+    for var in ('OMP_WAIT_POLICY', 'OMP_NUM_THREADS', cpu_tuning.CHECKED):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(cpu_tuning, 'cpu_busy', lambda: busy)
     monkeypatch.setattr(demo.subprocess, 'Popen', FakeProcess)
     demo.run_logged(['test', '-opt', 'x.yml'])
     assert seen['command'][-3:] == ['test', '-opt', 'x.yml']
     assert seen['env'].get('OMP_WAIT_POLICY') == ('PASSIVE' if busy else None)
+    assert seen['env'][cpu_tuning.CHECKED] == '1'  # its basicsr commands do not look again
     monkeypatch.setenv('OMP_WAIT_POLICY', 'ACTIVE')  # the user's choice wins
     demo.run_logged(['test', '-opt', 'x.yml'])
     assert seen['env']['OMP_WAIT_POLICY'] == 'ACTIVE'

@@ -78,7 +78,8 @@ def _bad_meta_info_lmdb(root: Path) -> Path:
 
 FAILED_STARTS = {  # fault: (options that cause it, given the root; what the message says)
     'missing dataroot': (lambda root: ['datasets:train:dataroot_gt=datasets/demo/missing.lmdb'],
-                         'missing.lmdb does not exist'),
+                         'dataroot_gt datasets/demo/missing.lmdb (relative to the current directory: '
+                         '{root}/datasets/demo/missing.lmdb) does not exist'),
     'LQ LMDB of another scale': (lambda root: ['scale=2', 'network_g:upscale=2'], 'is not x2 of LQ'),
     'meta_info key not stored': (lambda root: [f'datasets:train:dataroot_lq={_bad_meta_info_lmdb(root)}'],
                                  'listed but not stored: 9999_s001'),
@@ -104,6 +105,7 @@ def test_failed_start_leaves_no_folder(root, fault):
     name = f'failed_{fault.split()[0]}'
     options, message = FAILED_STARTS[fault]
     result = train(root, name, 'logger:use_tb_logger=true', *options(root))
+    message = message.format(root=root)
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
     assert 'Traceback' not in result.stderr
     leftovers = [p for folder in ('experiments', 'tb_logger') for p in (root / folder).glob(f'{name}*')]

@@ -1,9 +1,11 @@
 """glibc malloc tuning (elan_arch/utils/cpu_tuning.py): fewer page faults for the same training steps."""
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -72,3 +74,86 @@ def test_subnormals_are_flushed_unless_kept(setting):
     nonzero, inputs = int(out[0]), int(out[1])
     assert inputs == 1 << 20  # 1e-30 itself is a normal float
     assert nonzero == (1 << 20 if setting == 'keep' else 0)
+
+
+def test_cpu_busy_reads_the_share_of_busy_ticks():
+    from elan_arch.utils.cpu_tuning import cpu_busy
+
+    def reader(*samples):
+        it = iter(samples)
+        return lambda: next(it)
+    # user, nice, system, idle, iowait: 10% busy, then 60% busy over the interval
+    assert not cpu_busy(0, read_ticks=reader([0, 0, 0, 0, 0], [5, 0, 5, 85, 5]))
+    assert cpu_busy(0, read_ticks=reader([0, 0, 0, 0, 0], [50, 0, 10, 40, 0]))
+
+
+@pytest.mark.skipif(not os.path.exists('/proc/stat'), reason='reads /proc/stat')
+def test_cpu_busy_sees_processes_spinning_on_every_core():
+    from elan_arch.utils.cpu_tuning import cpu_busy
+
+    spinners = [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(os.cpu_count() or 1)]
+    try:
+        time.sleep(0.3)
+        assert cpu_busy(0.5)
+    finally:
+        for proc in spinners:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def no_policy(monkeypatch):
+    """cpu_tuning, with no policy in the environment (which is put back as it was afterwards)."""
+    from elan_arch.utils import cpu_tuning
+
+    saved = dict(os.environ)
+    for var in ('OMP_WAIT_POLICY', 'OMP_NUM_THREADS', cpu_tuning.CHECKED):
+        os.environ.pop(var, None)
+    monkeypatch.setattr(os, 'cpu_count', lambda: 2)
+    yield cpu_tuning
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def test_wait_policy_is_passive_only_on_a_busy_cpu_and_the_users_wins(no_policy):
+    env = no_policy.wait_policy_env({'A': '1'}, busy=lambda: True)
+    assert env == {'A': '1', 'OMP_WAIT_POLICY': 'PASSIVE', no_policy.CHECKED: '1'}
+    assert no_policy.wait_policy_env({}, busy=lambda: False) == {no_policy.CHECKED: '1'}  # OpenMP's default
+    for given in ({'OMP_WAIT_POLICY': 'ACTIVE'}, {'OMP_NUM_THREADS': '1'}, {no_policy.CHECKED: '1'}):
+        assert no_policy.wait_policy_env(given, busy=lambda: pytest.fail('looked at the load')) == given
+
+
+def test_a_command_restarts_itself_with_passive_waiting_on_a_busy_cpu(no_policy, monkeypatch, capsys):
+    """The OpenMP runtime read the environment when torch was loaded: only a new process waits passively."""
+    monkeypatch.setattr(no_policy, 'cpu_busy', lambda: True)
+    monkeypatch.setattr(sys, 'orig_argv', ['python3', '-m', 'elan_arch.cli.basicsr_cmd', 'train', '-opt', 'x.yml'],
+                        raising=False)
+    started = []
+    assert no_policy.choose_wait_policy('basicsr train', execv=lambda path, argv: started.append(argv)) is None
+    assert started == [['python3', '-m', 'elan_arch.cli.basicsr_cmd', 'train', '-opt', 'x.yml']]
+    assert os.environ['OMP_WAIT_POLICY'] == 'PASSIVE'
+    assert 'basicsr train: other work keeps the CPU busy, so OpenMP threads wait passively' in capsys.readouterr().err
+    del os.environ['OMP_WAIT_POLICY'], os.environ[no_policy.CHECKED]
+    monkeypatch.setattr(no_policy, 'cpu_busy', lambda: False)
+    assert no_policy.choose_wait_policy('basicsr train', execv=lambda path, argv: started.append(argv)) is None
+    assert len(started) == 1 and 'OMP_WAIT_POLICY' not in os.environ
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(sys, 'orig_argv'), reason='Python 3.10+ restarts the command')
+def test_the_restarted_command_runs_with_passive_waiting(tmp_path):
+    """End to end: `elan bench` on a CPU kept busy by spinning processes starts again with the policy set."""
+    from elan_arch.utils import cpu_tuning
+
+    env = {k: v for k, v in os.environ.items() if k not in ('OMP_WAIT_POLICY', 'OMP_NUM_THREADS', cpu_tuning.CHECKED)}
+    spinners = [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(os.cpu_count() or 1)]
+    try:
+        time.sleep(0.3)
+        out = subprocess.run([sys.executable, '-m', 'elan_arch', 'bench', '--train', '--size', '8x8'], env=env,
+                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    finally:
+        for proc in spinners:
+            proc.kill()
+            proc.wait()
+    assert out.returncode == 2 and out.stderr.count('wait passively') == 1, out.stderr  # restarted once
+    assert 'restarting with it' in out.stderr and '--size 8x8 is the input of the inference benchmark' in out.stderr
