@@ -137,3 +137,16 @@ def test_nothing_cites_a_spec_file_outside_the_repository():
     cited = [str(p.relative_to(REPO)) for p in REPO.rglob('*') if p.is_file() and p.suffix in ('.py', '.md', '.yml')
              and '.git' not in p.parts and outside in p.read_text(errors='ignore')]
     assert cited == []
+
+
+def test_weights_the_pages_upscale_with_are_what_an_option_file_writes():
+    """``--weights experiments/<name>/models/...`` in a shown command: ``<name>`` is the ``name`` of an option
+    file (where ``basicsr train`` of it writes), so the example works after that training."""
+    import yaml
+
+    names = {yaml.safe_load(path.read_text())['name'] for path in (REPO / 'options').rglob('*.yml')}
+    shown = [(str(page.relative_to(REPO)), weights.split('/')[1]) for page in PAGES
+             for command in shell_commands(page) for option, weights in zip(command, command[1:])
+             if option == '--weights' and re.match(r'experiments/[^/<]+/models/', weights)]
+    assert ('README.md', 'ELAN_light_x4_DIV2K') in shown
+    assert [entry for entry in shown if entry[1] not in names] == []
