@@ -82,7 +82,7 @@ FAILED_STARTS = {  # fault: (options that cause it, given the root; what the mes
                          '{root}/datasets/demo/missing.lmdb) does not exist'),
     'LQ LMDB of another scale': (lambda root: ['scale=2', 'network_g:upscale=2'], 'is not x2 of LQ'),
     'meta_info key not stored': (lambda root: [f'datasets:train:dataroot_lq={_bad_meta_info_lmdb(root)}'],
-                                 'listed but not stored: 9999_s001'),
+                                 'meta_info.txt lists keys the LMDB does not store (9999_s001)'),
     'network option misspelt': (lambda root: ['network_g:c_elann=60'],
                                 "option network_g:c_elann: ELAN has no option 'c_elann' (did you mean c_elan?)"),
     'pretrained weights of another scale': (lambda root: [f'path:pretrain_network_g={_x2_weights(root)}'],
