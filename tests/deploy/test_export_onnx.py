@@ -164,7 +164,9 @@ def test_dynamo_exporter_gives_the_same_model(tmp_path):
 
 def test_missing_extra_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # makes `import onnxruntime` fail
-    with pytest.raises(ElanError, match=r"pip install 'elan-arch\[onnx\]'"):
+    with pytest.raises(ElanError, match=r"elan export needs the Python package 'onnxruntime', which is not installed "
+                                        r".*install it with: pip install -e '\.\[onnx\]' in a clone of this "
+                                        r'repository, or pip install onnxruntime'):
         require('onnxruntime', 'onnx', 'elan export')
 
 
