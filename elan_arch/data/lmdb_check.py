@@ -29,7 +29,7 @@ import lmdb
 import numpy as np
 
 from elan_arch.utils.errors import ElanError
-from elan_arch.utils.fileio import PathLike
+from elan_arch.utils.fileio import PathLike, shown_path
 
 Shape = Tuple[int, int, int]
 MAKE_HINT = ('create it with `elan prepare div2k --input datasets/DIV2K` (DIV2K) or `elan prepare demo` '
@@ -114,7 +114,7 @@ def _open(lmdb_dir: Path, name: str) -> _Lmdb:
     """Open one LMDB and compare its stored keys with ``meta_info.txt``'s."""
     if not lmdb_dir.is_dir() or not (lmdb_dir / 'data.mdb').is_file():
         what = 'does not exist' if not lmdb_dir.exists() else 'is not an LMDB folder (no data.mdb)'
-        raise ElanError(f'{name} {lmdb_dir} {what}; {MAKE_HINT}')
+        raise ElanError(f'{name} {shown_path(lmdb_dir)} {what}; {MAKE_HINT}')
     warnings: List[str] = []
     sizes = read_meta_info(lmdb_dir, name, warnings)
     try:

@@ -9,6 +9,7 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import DATASET_REGISTRY
 
 from elan_arch.utils.errors import ElanError
+from elan_arch.utils.fileio import shown_path
 from elan_arch.data.lmdb_check import check_lmdb_pair
 
 _FOLDER_HINT = ('this package makes such folders with `elan prepare benchmark --input <set folder>` (test sets), '
@@ -44,10 +45,10 @@ def check_dataset_options(opt: Dict[str, Any]) -> List[str]:
         return list(summary.warnings)
     for key in ('dataroot_gt', 'dataroot_lq'):
         if not Path(opt[key]).is_dir():
-            raise ElanError(f'dataset {name}: {key} {where(opt[key])} is not a folder; fix the path, or '
+            raise ElanError(f'dataset {name}: {key} {shown_path(opt[key])} is not a folder; fix the path, or '
                             f'{_FOLDER_HINT}')
     if opt.get('meta_info_file') and not Path(opt['meta_info_file']).is_file():
-        raise ElanError(f'dataset {name}: meta_info_file {where(opt["meta_info_file"])} does not exist; fix the '
+        raise ElanError(f'dataset {name}: meta_info_file {shown_path(opt["meta_info_file"])} does not exist; fix the '
                         f'path or remove the option to scan the folders')
     _check_disk_pairs(opt, name)
     return []
@@ -72,19 +73,12 @@ def _check_disk_pairs(opt: Dict[str, Any], name: str) -> None:
         raise ElanError(f'dataset {name}: {err} ({rule})') from err
     if not pairs:
         listed = f' (meta_info_file {opt["meta_info_file"]} lists none)' if opt.get('meta_info_file') else ''
-        raise ElanError(f'dataset {name}: no images to read in {where(opt["dataroot_gt"])}{listed}')
+        raise ElanError(f'dataset {name}: no images to read in {shown_path(opt["dataroot_gt"])}{listed}')
     missing = sorted(p for pair in pairs for p in pair.values() if not Path(p).is_file())
     if missing:
         listed = 'meta_info_file lists' if opt.get('meta_info_file') else 'the pairing needs'
         raise ElanError(f'dataset {name}: {len(missing)} file(s) that {listed} do not exist, e.g. {missing[0]} '
                         f'({rule}); fix filename_tmpl or the file names')
-
-
-def where(path: str) -> str:
-    """``path`` for a message: a relative path also says what it is relative to (the current directory)."""
-    if Path(path).is_absolute():
-        return path
-    return f'{path} (relative to the current directory: {Path(path).absolute()})'
 
 
 @DATASET_REGISTRY.register()

@@ -28,8 +28,11 @@ from elan_arch.training import elastic
 from elan_arch.training.network_checks import check_network_options, pretrained_mismatch
 from elan_arch.training.notes import note, to_log_files, write_pending_notes
 from elan_arch.utils.errors import ElanError
+from elan_arch.utils.fileio import shown_path
 
 _MADE: List[Tuple[str, Optional[str]]] = []  # (folder made, where the folder it replaced was archived)
+
+
 def _positive_int(opt: Dict[str, Any], keys: str, minimum: int = 1) -> None:
     value: Any = opt
     for key in keys.split(':'):
@@ -57,28 +60,16 @@ def _check_scheduler(train_opt: Dict[str, Any]) -> None:
 
 
 def _check_dataset(phase: str, dataset: Dict[str, Any]) -> None:
-    from elan_arch.data.paired_image_dataset import check_dataset_options, report_once, where
+    from elan_arch.data.paired_image_dataset import check_dataset_options, report_once
 
-    _relative_roots_exist(dataset.get('name', phase), dataset, where)
     if dataset.get('dataroot_gt') and dataset.get('dataroot_lq'):
         report_once(check_dataset_options(dataset), note)
         return
     for key, value in dataset.items():
         if key.startswith('dataroot') or key.startswith('meta_info'):
             if value and not osp.exists(value):
-                raise ElanError(f'dataset {dataset.get("name", phase)}: {key} {where(value)} does not exist; fix '
-                                'the path in the option file')
-
-
-def _relative_roots_exist(name: str, dataset: Dict[str, Any], where: Any) -> None:
-    """A relative ``dataroot_*`` that does not exist is named with the folder it was looked for in (relative
-    to the current directory, the root of the run, not to the option file)."""
-    for key, value in dataset.items():
-        if key.startswith('dataroot') and isinstance(value, str) and value and not osp.isabs(value) \
-                and not osp.exists(value):
-            raise ElanError(f'dataset {name}: {key} {where(value)} does not exist; fix the path in the option file, '
-                            'or run from the folder it is relative to (`elan prepare` makes the datasets: '
-                            'docs/data.md)')
+                raise ElanError(f'dataset {dataset.get("name", phase)}: {key} {shown_path(value)} does not exist; '
+                                'fix the path in the option file')
 
 
 def check_options(opt: Dict[str, Any]) -> None:
@@ -154,7 +145,6 @@ def check_pretrained(opt: Dict[str, Any], verified: Iterable[str] = ()) -> None:
     """Every ``path.pretrain_network_*`` must exist, load and, for an ELAN loaded strictly, be of the scale and
     variant configured (:func:`~elan_arch.training.network_checks.pretrained_mismatch`), except ``verified``
     files."""
-    from elan_arch.data.paired_image_dataset import where
     from elan_arch.training.resume import read
 
     for key, value in opt['path'].items():
@@ -162,7 +152,7 @@ def check_pretrained(opt: Dict[str, Any], verified: Iterable[str] = ()) -> None:
             loaded, why = read(value)
             if why:
                 why = 'does not exist' if why == 'missing' else why
-                raise ElanError(f'path.{key}: {where(value)} {why}; fix the path or set it to ~')
+                raise ElanError(f'path.{key}: {shown_path(value)} {why}; fix the path or set it to ~')
             mismatch = pretrained_mismatch(opt, key, loaded)
             if mismatch:
                 raise ElanError(f'path.{key}: {value} {mismatch}')

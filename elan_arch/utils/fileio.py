@@ -1,7 +1,7 @@
 """Atomic output: write to a temporary sibling path, rename into place only on success.
 
 An interrupted or failed job therefore never leaves a file or folder at the
-final path that looks complete.
+final path that looks complete. Also :func:`shown_path`, how messages name a path.
 """
 from __future__ import annotations
 
@@ -15,6 +15,14 @@ from typing import Iterator, Union
 from elan_arch.utils.errors import ElanError
 
 PathLike = Union[str, os.PathLike]
+
+
+def shown_path(path: PathLike) -> str:
+    """``path`` for a message: a relative path also says what it is relative to (the current directory,
+    which is what basicsr and the commands read it relative to)."""
+    if Path(path).is_absolute():
+        return os.fspath(path)
+    return f'{os.fspath(path)} (relative to the current directory: {Path(path).absolute()})'
 
 
 def check_output_free(path: PathLike, overwrite: bool, flag: str = '--force') -> Path:
