@@ -112,15 +112,12 @@ class ELAN(nn.Module):
             (``norm: false``), which also uses ``img_range: 1``.
         fast_training: Train (and run anything that needs gradients or BatchNorm batch
             statistics) on :mod:`~elan_arch.archs.elan_fast`, the same function with the same
-            gradients, reorganised for speed. ``None`` (default): on the CPU, where it is measured
-            faster, but neither on CUDA, where the one measurement so far (H200, paper recipes, before
-            ``fused_attention`` and before its 1x1 convolutions went back to cuDNN's there) found it
-            slower than the reference arithmetic (unless ``fused_attention`` asks for the fast path's
-            kernels), nor under ``torch.compile``, which fuses the reference's rolls, partitions and
-            concatenations itself (measured on the 2-core CPU: a compiled training step of the
-            reference 0.79 s against 0.85 s for the eager fast path; the fast path's formulas
-            compiled, 1.24 s against 0.89 s eager). True / False force it on / off
-            (``network_g.fast_training`` in an option file).
+            gradients, reorganised for speed. ``None`` (default): on the CPU, where it is faster; not on
+            CUDA, where it has not been shown faster than the reference arithmetic (unless
+            ``fused_attention`` asks for the fast path's kernels), nor under ``torch.compile``, which
+            fuses the reference's rolls, partitions and concatenations itself and compiles it better
+            than the fast path's formulas. True / False force it on / off (``network_g.fast_training``
+            in an option file). The measurements behind the rule: docs/performance.md.
         fused_attention: On the fast path, run each GMSA's window attention as the fused Triton
             kernels of :mod:`~elan_arch.archs.window_kernels` (forward and backward; CUDA, float32,
             float16 or bfloat16) instead of window gathers and ``bmm``: the windows and attention maps

@@ -5,12 +5,11 @@ where autograd's would be slower; each keeps the reference's function and gradie
 
 * :func:`shift`: the fixed one-pixel shift of the channel groups as the module's one-hot
   depthwise kernel; its backward is the same convolution with the kernel flipped (the
-  opposite shift). Measured on the 2-core CPU (1 thread, 8x32x32, 120 channels): 0.63 ms
-  forward and backward each, against 1.8 ms for ``conv2d``'s input gradient.
+  opposite shift), cheaper than ``conv2d``'s own input gradient.
 * :func:`linear`: a 1x1 convolution as one matrix product over the pixels of a
   channels_last map, with the bias and the ReLU or the residual addition that follows it
-  in the same pass (oneDNN's fused matmul on the CPU: 15-25% less time than ``addmm``
-  plus a separate pass, measured on the 2-core CPU); its gradients stay channels_last.
+  in the same pass (oneDNN's fused matmul on the CPU, cheaper than ``addmm`` plus a separate
+  pass); its gradients stay channels_last.
   On CUDA the convolution itself (:func:`as_convolution`).
 * :func:`linear_batchnorm`: project_inp's 1x1 convolution and its BatchNorm in train mode as one
   matrix product (batch statistics from the input's covariance), running statistics as ``nn.BatchNorm2d``;
@@ -105,8 +104,8 @@ def _ones(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
 
 
 def _column_sums(g: Tensor) -> Tensor:
-    """``g.sum(0)`` of a (P, C) matrix as a product with a cached row of ones (measured 40% faster
-    than ``sum`` on the CPU)."""
+    """``g.sum(0)`` of a (P, C) matrix as a product with a cached row of ones (faster than ``sum`` on
+    the CPU)."""
     return _ones(g.shape[0], g.dtype, g.device).mm(g).view(-1)
 
 
@@ -118,9 +117,8 @@ def as_convolution(x: Tensor) -> bool:
     told otherwise (``torch.backends.cudnn.allow_tf32``, on by default), cuBLAS runs float32 matrix
     products in IEEE float32 (``torch.backends.cuda.matmul``, off by default). As matrix products, the
     fast path's 1x1 convolutions, most of a step's arithmetic, would run without tensor cores in float32
-    where the reference's run with them (so they ran in the one H200 measurement, fast path 0.132 s per
-    iteration against 0.117 s for the reference in float32, with an attention since replaced). Kept as
-    convolutions they follow whatever precision the user set for convolutions, as the reference does.
+    where the reference's run with them. Kept as convolutions they follow whatever precision the user set
+    for convolutions, as the reference does.
     """
     return x.is_cuda
 

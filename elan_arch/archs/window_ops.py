@@ -136,12 +136,11 @@ def _materialise_maps(q: Tensor) -> bool:
     """Whether attention maps are materialised (and shared as maps) rather than computed by
     ``scaled_dot_product_attention`` (and shared as queries, recomputed by the sharing GMSA).
 
-    Measured: on the 2-core CPU, training with maps beats SDPA's flash kernel (whose CPU backward
-    is slow) and inference with SDPA beats maps. On CUDA, SDPA's fused kernels need head sizes
-    that ELAN lacks (20 in ELAN-light, 60 in ELAN); zero-padding q and v to a multiple of 8 gets
-    them accepted, but they were slower than maps on an H200 (ELAN-light x4, 480x640, float16:
-    71 against 42 ms; training steps of the paper recipes 10-25% slower), as the math fallback
-    was before: their tiles are far longer than ELAN's 16- and 64-token windows.
+    On the CPU training with maps beats SDPA's flash kernel (whose CPU backward is slow) and
+    inference with SDPA beats maps. On CUDA, SDPA's fused kernels need head sizes that ELAN lacks
+    (20 in ELAN-light, 60 in ELAN); zero-padded to a multiple of 8 they are accepted but slower than
+    maps, as the math fallback is: their tiles are far longer than ELAN's 16- and 64-token windows.
+    The measurements: docs/performance.md ("The fast path's operations").
     """
     return q.is_cuda or torch.is_grad_enabled() or q.dtype == torch.float16
 

@@ -9,8 +9,8 @@ import os
 def _common(parser: argparse.ArgumentParser, scales: bool = True, workers: bool = True,
             one_worker: bool = False) -> None:
     """The options every preparation shares; ``one_worker``: ``--workers`` defaults to 1, for inputs so small
-    that starting worker processes (each imports torch and basicsr, 6-7 s on a 2-core CPU) costs more than
-    it saves (the demo: 4.2-4.5 images/s with 1 worker, 0.8-0.9 with 2)."""
+    that starting worker processes (each imports torch and basicsr) costs more than it saves (the demo's
+    figures: docs/data.md, "Speed and workers")."""
     if scales:
         parser.add_argument('--scales', type=int, nargs='+', default=[2, 3, 4], help='upscale factors (default: 2 3 4)')
     if workers:

@@ -37,8 +37,8 @@ from typing import Dict, List, Optional, Sequence
 
 from elan_arch.utils.errors import ElanError
 
-# With a GPU the demo trains longer in the same spirit: one H100 ran about 16 demo iterations per second
-# (2026-11-26), so 4000 take some 4-5 minutes with the validations.
+# With a GPU the demo trains longer in the same spirit, for minutes as on the CPU (the GPU's measured
+# speed: docs/training.md, "The demo").
 GPU_ITERS = 4000
 TRAIN_OPT = 'options/train_ELAN_light_x4_demo.yml'
 TEST_OPT = 'options/test_ELAN_light_x4_demo.yml'

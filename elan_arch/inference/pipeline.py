@@ -146,7 +146,7 @@ def _record(job: J, outcome: Any, stats: PipelineStats[J], on_error: Callable[[J
 
 
 def default_writers() -> int:
-    """Writer threads by default: all CPU cores but one (for the network's own work), from 1 to 8. A PNG of a
-    4x output of 480x640 (1920x2560) took 0.34 s to encode on one core of this project's CPU, against
-    tens of milliseconds for ELAN-light to compute it on a GPU: it takes several writers to keep up."""
+    """Writer threads by default: all CPU cores but one (for the network's own work), from 1 to 8. Encoding
+    a 4x output as PNG takes one core far longer than ELAN-light takes to compute it on a GPU, so it takes
+    several writers to keep up (docs/performance.md, "Folder throughput")."""
     return max(1, min(8, (os.cpu_count() or 1) - 1))

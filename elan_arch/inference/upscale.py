@@ -27,8 +27,7 @@ DEFAULT_OVERLAP = 32
 
 
 #: ``--compile MODE``: ``torch.compile``'s modes. ``reduce-overhead`` also records CUDA graphs, which suit tiles
-#: of one shape: on an H100 a 64x64 tile of ELAN-light spent about 80% of its time launching kernels, which a
-#: CUDA graph replayed by hand removed.
+#: of one shape, whose time on a GPU is mostly kernel launches (docs/performance.md).
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 
 

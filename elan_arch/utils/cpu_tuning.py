@@ -9,16 +9,16 @@ Memory: keep freed memory in the process.
 By default glibc serves blocks above 128 KiB (adapting up to 32 MiB) with ``mmap`` and returns
 them to the system on every ``free``, and trims the heap top above 128 KiB. A CPU forward or
 training step of ELAN allocates and frees tens of such tensors per layer, so every allocation
-touches fresh pages: measured on the 2-core CPU, about 800k page faults per five forwards of
-ELAN-light, and 12-15% of the time. :func:`tune_malloc` raises both thresholds (as the
+touches fresh pages (hundreds of thousands of page faults per few forwards of ELAN-light, a
+tenth of the time or more: docs/performance.md, "Process tuning"). :func:`tune_malloc` raises both thresholds (as the
 ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` environment variables would, but from
 inside the process, so it works for the installed commands without a wrapper script). It does
 nothing where the C library is not glibc.
 
 Denormals: training ELAN on real images produces subnormal floats (below 1.2e-38) in its
-tensors, which x86 CPUs process in microcode, many times slower than normal ones. Measured on the
-2-core CPU, ``basicsr train`` of the demo option: 0.93 s per iteration, 0.73 s with subnormals
-flushed to zero (the losses printed were the same to five digits). :func:`flush_denormals` sets the
+tensors, which x86 CPUs process in microcode, many times slower than normal ones (a training step
+of the demo option is measurably faster with them flushed, with the same losses to five digits:
+docs/performance.md, "Process tuning"). :func:`flush_denormals` sets the
 CPU's flush-to-zero / denormals-are-zero modes (``torch.set_flush_denormal``) before PyTorch starts
 its thread pool, whose threads inherit them.
 ``ELAN_DENORMALS=keep`` in the environment keeps IEEE subnormals.
