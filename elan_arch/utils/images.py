@@ -117,7 +117,13 @@ def _captured_stderr() -> Iterator[List[str]]:
 
 
 def _jpeg_truncated(data: bytes) -> Optional[str]:
-    """Pillow's report when it decodes the JPEG ``data`` strictly and runs out of data, else None."""
+    """Pillow's report when it decodes the JPEG ``data`` strictly and runs out of data, else None.
+
+    A JPEG that ends with its end-of-image marker (``FF D9``) is not truncated (entropy-coded data never
+    holds that pair), so it is not decoded a second time; only files ending otherwise (cut, or with data
+    appended after the image) are decoded by Pillow to tell the two apart."""
+    if data.endswith(b'\xff\xd9'):
+        return None
     try:
         from PIL import Image, ImageFile
     except ImportError:
