@@ -1,4 +1,5 @@
-"""``elan prepare {div2k,benchmark,demo,check}``: datasets in the layouts BasicSR's option files read."""
+"""``elan prepare {div2k,benchmark,realworld,realworld-paired,demo,check}``: datasets in the layouts BasicSR's
+option files read."""
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ def _common(parser: argparse.ArgumentParser, scales: bool = True, workers: bool 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        'prepare', help='prepare DIV2K / benchmark sets / the demo data for BasicSR',
+        'prepare',
         description='Write datasets in the layouts BasicSR reads: DIV2K sub-image LMDBs for training, '
         'GTmod12/LRbicx{s} folders for the test sets, a small real demo dataset; check an LMDB pair. '
         'See datasets/README.md.')
@@ -59,6 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument('--root', default='datasets/demo', help='output folder (default: datasets/demo)')
     _common(demo, one_worker=True)
 
+    _register_realworld(sub)
+
     check = sub.add_parser('check', help='check a GT/LQ LMDB pair before training on it',
                            description='Check meta_info.txt against the LMDB keys, that GT and LQ hold the same '
                            'keys, and that every GT image is --scale times its LQ image.')
@@ -67,6 +70,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help='LQ LMDB folder (e.g. datasets/DIV2K/DIV2K_train_LR_bicubic_X4_sub.lmdb)')
     check.add_argument('--scale', type=int, required=True, help='upscale factor between the two')
     parser.set_defaults(func=run)
+
+
+def _register_realworld(sub: argparse._SubParsersAction) -> None:
+    """``realworld`` (HR-only sets for RealESRGANDataset) and ``realworld-paired`` (RealESRGANPairedDataset)."""
+    def crops_and_backend(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument('--crop-size', type=int, default=400,
+                            help='crop size (default: 400, Real-ESRGAN\'s; 0: keep images whole)')
+        parser.add_argument('--step', type=int, default=200, help='crop stride (default: 200)')
+        parser.add_argument('--backend', nargs='+', default=['folder'], choices=['folder', 'lmdb'],
+                            help='folder: crops + meta_info txt (io_backend disk); lmdb: an LMDB; both: '
+                            '--backend folder lmdb (default: folder)')
+        _common(parser, scales=False)
+
+    real = sub.add_parser(
+        'realworld', help='HR-only photos -> multiscale sub-images + meta_info (or LMDB) for RealESRGANDataset',
+        description='Real-ESRGAN\'s data preparation for the Real-ESRNet/Real-ESRGAN pipeline: each image plus its '
+        'multiscale copies (x0.75, x0.5, x1/3 and shortest edge 400, Pillow Lanczos), cut into 400-pixel '
+        'sub-images every 200 pixels, listed in meta_info/meta_info_<name>_sub.txt (or stored in '
+        '<name>_sub.lmdb). See docs/realworld.md.')
+    real.add_argument('--input', required=True, nargs='+',
+                      help='folders of HR images (e.g. datasets/DF2K/DF2K_HR datasets/OST); name stems must be unique')
+    real.add_argument('--output', required=True, help='output folder: the dataroot_gt of the option file '
+                      '(e.g. datasets/DF2K)')
+    real.add_argument('--name', help='the set\'s name in the output names (default: the input folder names '
+                      'joined by +)')
+    real.add_argument('--no-multiscale', action='store_true',
+                      help='no multiscale copies (e.g. for OST, or photos already small)')
+    crops_and_backend(real)
+
+    paired = sub.add_parser(
+        'realworld-paired', help='GT + LQ folders -> aligned sub-images + "gt, lq" meta_info for '
+        'RealESRGANPairedDataset',
+        description='Fine-tuning on one\'s own pairs: GT and LQ images (LQ named like its GT image, or <stem>x<s>) '
+        'cut into aligned sub-images, listed in meta_info/meta_info_<gt folder>_pair.txt as "gt, lq" lines '
+        '(or stored in two LMDBs with the same keys).')
+    paired.add_argument('--gt', required=True, help='folder of GT (high-resolution) images')
+    paired.add_argument('--lq', required=True, help='folder of LQ images, each 1/scale of its GT image')
+    paired.add_argument('--scale', type=int, required=True, help='upscale factor between LQ and GT')
+    paired.add_argument('--output', required=True, help='output folder: dataroot_gt and dataroot_lq of the option '
+                        'file')
+    crops_and_backend(paired)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
             print(f'elan prepare check: warning: {warning}', file=sys.stderr)
         print(f'ok: {result.pairs} pairs, GT {result.gt_shape} / LQ {result.lq_shape} at x{result.scale}')
         return 0
+    if args.what in ('realworld', 'realworld-paired'):
+        return _run_realworld(args)
     common = dict(scales=args.scales, workers=args.workers, force=args.force, progress=not args.quiet)
     if args.what == 'div2k':
         summary = prepare.prepare_div2k(args.input, args.output, crop_size=args.crop_size, step=args.step,
@@ -88,4 +134,26 @@ def run(args: argparse.Namespace) -> int:
     else:
         summary = prepare.prepare_demo(args.root, **common)
     print(summary)
+    return 0
+
+
+def _run_realworld(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from elan_arch.prepare import realworld
+
+    common = dict(backends=args.backend, crop_size=args.crop_size, step=args.step, workers=args.workers,
+                  force=args.force, progress=not args.quiet)
+    if args.what == 'realworld':
+        summary = realworld.prepare_realworld(args.input, args.output, name=args.name,
+                                              multiscale=not args.no_multiscale, **common)
+        name = args.name or realworld.default_name(args.input)
+        outputs = realworld.realworld_outputs(Path(args.output), name, args.backend)
+    else:
+        summary = realworld.prepare_realworld_pairs(args.gt, args.lq, args.output, args.scale, **common)
+        outputs = realworld.paired_outputs(Path(args.output), Path(args.gt).resolve().name,
+                                           Path(args.lq).resolve().name, args.backend)
+    print(summary)
+    print('Option file (datasets: train:), per back-end:')
+    print('\n'.join('  ' + line for line in realworld.dataset_options(outputs, paired=args.what != 'realworld')))
     return 0
