@@ -267,6 +267,18 @@ def report_paths(experiment: Path, pictures: Sequence[Path]) -> List[str]:
     return lines
 
 
+def compare_page(test_opt: dict, options: Dict[str, str], experiment: Path, label: str) -> Path:
+    """``elan compare``'s page of bicubic vs the trained network vs the held-out originals, written to
+    ``<pictures folder>/compare/`` (:func:`elan_arch.compare.demo.demo_page`); returns its ``index.html``."""
+    from elan_arch.compare.demo import demo_page
+
+    weights = final_weights(experiment)
+    if weights is None:
+        raise ElanError(f'no trained weights in {experiment / "models"} for the comparison page')
+    return demo_page(Path(TEST_OPT), test_opt, options, weights, pictures_folder(test_opt['name']) / 'compare',
+                     label.split(' (')[0])
+
+
 def format_table(results: Dict[str, dict]) -> str:
     """Markdown table: one row per image plus the average, PSNR (dB) / SSIM for bicubic and ELAN."""
     rows = ['| image | bicubic PSNR / SSIM | ELAN-light PSNR / SSIM | gain (dB) |', '|---|---|---|---|']
@@ -327,6 +339,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                              test_opt['name'], int(test_opt['scale']))
         results = compare_with_bicubic(images, int(test_opt['scale']))
         pictures = write_pictures(images, results, train_opt, iters, pictures_folder(test_opt['name']), label)
+        page = compare_page(test_opt, options, Path('experiments', train_opt['name']), label)
     except ElanError as err:
         print(f'demo: error: {err}', file=sys.stderr)
         return 2
@@ -338,5 +351,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     gain = sum(r['ELAN'][0] - r['bicubic'][0] for r in results.values()) / len(results)
     print(f'\nELAN {"beats" if gain > 0 else "does NOT beat"} bicubic by {gain:+.2f} dB average PSNR.')
     print('\n'.join(report_paths(Path('experiments', train_opt['name']), pictures)))
+    print(f'Comparison page (bicubic vs {label} vs the originals; open it in a browser): {page}')
     return 0 if gain > 0 else 1
 
