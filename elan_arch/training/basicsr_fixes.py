@@ -41,6 +41,18 @@ behaviour wherever basicsr works and only changes the case it gets wrong
   continues the interrupted epoch where it stopped).
 - ``train.build_model``: a failed download (the VGG of ``perceptual_opt`` on a machine offline) becomes a
   message naming the file and the folder (:func:`explained_downloads`).
+- ``models.realesrnet_model.RealESRNetModel`` / ``models.realesrgan_model.RealESRGANModel``
+  ``.__init__`` and ``._dequeue_and_enqueue``: ``DiffJPEG``, ``USMSharp`` and the training-pair queue
+  were put on CUDA with ``.cuda()`` (no real-world training without a GPU). Replaced by
+  :func:`elan_arch.models.realworld.device_neutral_init` and :func:`~elan_arch.models.realworld.queue_on_device`:
+  on the model's device; the degradation and the queue are basicsr's code.
+- ``utils.img_process_util.filter2D`` (also as ``filter2D`` of the two real-world model modules): its
+  ``.view()`` fails on channels-last inputs (DiffJPEG's output on the CPU). Replaced by
+  :func:`elan_arch.models.realworld.contiguous_filter2D`: basicsr's on a contiguous copy (same values).
+- The same two models' ``feed_data``, ``save_training_state``, ``resume_training``: a resumed run
+  started with an empty queue and other random degradations. Now the degradation draws from its own
+  random stream, saved with the queue in ``<iter>.state`` (:mod:`elan_arch.models.realworld_state`),
+  so a resumed run degrades as the uninterrupted one.
 - ``train.create_train_val_dataloader``, ``train.build_model``, ``data.worker_init_fn``:
   wrapped, results unchanged, so that SIGINT/SIGTERM save a resumable state
   (:mod:`elan_arch.training.interrupt`).
@@ -275,6 +287,7 @@ def apply() -> None:
     from basicsr.models.base_model import BaseModel
 
     from elan_arch.models.elan_model import ema_with_buffers
+    from elan_arch.models.realworld import fix_basicsr_models
     from elan_arch.training import interrupt
 
     _ORIGINALS.update(model_to_device=BaseModel.model_to_device)
@@ -295,3 +308,4 @@ def apply() -> None:
     train.create_train_val_dataloader = interrupt.remember_sampler(train.create_train_val_dataloader)
     train.build_model = interrupt.stop_with_state(explained_downloads(train.build_model))
     data.worker_init_fn = interrupt.signals_to_main_process(data.worker_init_fn)
+    fix_basicsr_models()
