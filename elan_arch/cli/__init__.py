@@ -13,7 +13,7 @@ from typing import List, Optional
 
 from elan_arch.utils.errors import ElanError
 
-SUBCOMMANDS = ('convert', 'prepare', 'train', 'test', 'upscale', 'export', 'bench')
+SUBCOMMANDS = ('convert', 'prepare', 'train', 'test', 'upscale', 'export', 'bench', 'compare')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +43,7 @@ def run_command(prog: str, args: argparse.Namespace) -> int:
 
 
 #: The subcommands that compute with PyTorch's CPU threads, whose OpenMP wait policy follows the CPU's load.
-COMPUTING = ('train', 'test', 'upscale', 'bench')
+COMPUTING = ('train', 'test', 'upscale', 'bench', 'compare')
 
 
 def main(argv: Optional[List[str]] = None) -> int:

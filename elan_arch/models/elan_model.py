@@ -16,6 +16,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from elan_arch.utils.errors import ElanError
 from elan_arch.utils.fileio import atomic_path
 from elan_arch.models.eval_modes import self_ensemble, tiled_upscale
+from elan_arch.models.tb_images import with_tb_images
 
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -73,6 +74,8 @@ class ELANModel(SRModel):
       ``val.tile: {size: S, overlap: O}`` (in LR pixels; :func:`elan_arch.inference.upscale.upscale_array`,
       output clamped to [0, 1]) for images too large for memory and
       ``val.self_ensemble: true`` for the x8 flip/transpose ensemble.
+    * ``val.tb_images: N``: the first N validation images' crops (bicubic | SR | GT) in TensorBoard at each
+      validation (:mod:`elan_arch.models.tb_images`); off by default.
     * ``train.amp: bf16 | fp16``: forward pass under autocast (fp16 with a gradient scaler,
       whose state the training states carry as ``grad_scaler`` for resuming), loss in float32.
       ``train.compile: true`` (or a mapping of ``torch.compile`` arguments) compiles the training forward pass;
@@ -101,6 +104,8 @@ class ELANModel(SRModel):
 
     # basicsr's parameter EMA, then every buffer of net_g copied into net_g_ema
     model_ema = ema_with_buffers(SRModel.model_ema)
+    # BasicSR's validation, plus the first val.tb_images validation images in TensorBoard (elan_arch.models.tb_images)
+    nondist_validation = with_tb_images(SRModel.nondist_validation)
 
     def compute_losses(self, output: Tensor) -> Tuple[Tensor, 'OrderedDict[str, Tensor]']:
         """Pixel and perceptual losses of ``output`` against ``self.gt`` as in ``SRModel``."""

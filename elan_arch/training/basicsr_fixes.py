@@ -20,6 +20,9 @@ behaviour wherever basicsr works and only changes the case it gets wrong
 - ``models.base_model.BaseModel.model_ema``: averaged the parameters only, so ``params_ema`` (and the
   validation of every EMA model) kept BatchNorm's initial statistics; wrapped by
   :func:`elan_arch.models.elan_model.ema_with_buffers`, as ``ELANModel`` is.
+- ``models.sr_model.SRModel.nondist_validation`` (every SRModel-based model's validation): TensorBoard got
+  scalars only. Wrapped by :func:`elan_arch.models.tb_images.with_tb_images`: with ``val.tb_images: N`` the
+  first N validation images' crops (bicubic | SR | GT) too; without the option, basicsr's validation unchanged.
 - ``models.base_model.BaseModel.model_to_device``: DDP always gets
   ``device_ids=[cuda.current_device()]``, which fails on CPU. CPU DDP gets no ``device_ids``.
 - ``models.base_model.BaseModel.save_network`` / ``save_training_state``: written in place,
@@ -295,6 +298,9 @@ def apply() -> None:
     dist_util._init_dist_slurm = init_dist_slurm
     BaseModel.model_to_device = model_to_device
     BaseModel.model_ema = ema_with_buffers(BaseModel.model_ema)
+    from basicsr.models.sr_model import SRModel
+    from elan_arch.models.tb_images import with_tb_images
+    SRModel.nondist_validation = with_tb_images(SRModel.nondist_validation)
     train.parse_options = test.parse_options = checked_options(train.parse_options)
     BaseModel.save_network = _saved_atomically(BaseModel.save_network, 'models')
     BaseModel.save_training_state = _saved_atomically(BaseModel.save_training_state, 'training_states')
