@@ -13,3 +13,7 @@ same function, so checkpoints never depend on the path taken.
 from elan_arch.archs.elan_arch import ELAN, ELAN_VARIANTS
 
 __all__ = ['ELAN', 'ELAN_VARIANTS']
+
+import elan_arch  # noqa: E402
+
+elan_arch.register(loaded=__name__)  # the other rooms, if basicsr was first imported from this one

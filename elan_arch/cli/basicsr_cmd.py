@@ -184,13 +184,14 @@ def run_phase(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from elan_arch.utils.cpu_tuning import choose_wait_policy, tune_process
-    from elan_arch.cli import run_command
+    from elan_arch.cli import choose_wait_policy, run_command
+    from elan_arch.utils.cpu_tuning import tune_process
 
-    tune_process()
-    args = build_parser().parse_args(argv)
     if argv is None:  # the command line (or torchrun's worker), not a call from Python
-        choose_wait_policy(f'basicsr {args.command}')
+        words = sys.argv[1:]
+        choose_wait_policy('basicsr', next((w for w in words if w in ('train', 'test')), None), words)
+    args = build_parser().parse_args(argv)
+    tune_process()
     return run_command('basicsr', args)
 
 

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from elan_arch.cli.options import add_device_options
 
     parser = subparsers.add_parser(
-        'bench', help='speed/size of ELAN vs SwinIR-light and EDSR (markdown table + PNG chart)',
+        'bench',
         description='Measure parameters, FLOPs, median latency and peak memory of ELAN-light and ELAN (fast '
         'inference path, and ELAN-light on the reference arithmetic) next to BasicSR\'s SwinIR in its light '
         'configuration and the EDSR baseline, in one run on one random input; random weights (speed does not '

@@ -5,13 +5,10 @@ import argparse
 
 from elan_arch.cli.basicsr_cmd import add_pipeline_arguments, run_phase
 
-_WHAT = {'train': 'train a network', 'test': 'test a network'}
-
-
 def register_phase(subparsers: argparse._SubParsersAction, phase: str) -> None:
     """Add the ``elan <phase>`` parser ('train' or 'test') with ``basicsr <phase>``'s options."""
     parser = subparsers.add_parser(
-        phase, help=f'{_WHAT[phase]} from a BasicSR option file (alias of `basicsr {phase}`)',
+        phase,
         description=f'Same as `basicsr {phase}`: load the BasicSR plugins, then run basicsr\'s {phase} '
         'pipeline on the option file with the current directory as the root.')
     add_pipeline_arguments(parser)

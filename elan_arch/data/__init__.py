@@ -13,3 +13,7 @@ from elan_arch.data.lmdb_check import LmdbPairSummary, check_lmdb_pair
 from elan_arch.data.paired_image_dataset import ELANPairedImageDataset
 
 __all__ = ['ELANPairedImageDataset', 'LmdbPairSummary', 'check_lmdb_pair']
+
+import elan_arch  # noqa: E402
+
+elan_arch.register(loaded=__name__)  # the other rooms, if basicsr was first imported from this one

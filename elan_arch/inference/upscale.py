@@ -26,13 +26,9 @@ DEFAULT_TILE = 256
 DEFAULT_OVERLAP = 32
 
 
-#: ``--compile MODE``: ``torch.compile``'s modes. ``reduce-overhead`` also records CUDA graphs, which suit tiles
-#: of one shape, whose time on a GPU is mostly kernel launches (docs/performance.md).
-COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
-
-
 def compile_network(net: nn.Module, mode: Optional[str]) -> nn.Module:
-    """``torch.compile(net)`` in ``mode`` (one of :data:`COMPILE_MODES`) for fixed shapes, or ``net`` for None."""
+    """``torch.compile(net)`` in ``mode`` (one of torch.compile's modes, :data:`elan_arch.cli.options.COMPILE_MODES`)
+    for fixed shapes, or ``net`` for None."""
     return net if mode is None else torch.compile(net, dynamic=False, mode=mode)
 
 

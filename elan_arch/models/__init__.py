@@ -12,3 +12,7 @@ from elan_arch.models.elan_model import ELANModel
 from elan_arch.models.realworld import RealELANGANModel, RealELANNetModel
 
 __all__ = ['ELANModel', 'RealELANGANModel', 'RealELANNetModel']
+
+import elan_arch  # noqa: E402
+
+elan_arch.register(loaded=__name__)  # the other rooms, if basicsr was first imported from this one

@@ -30,8 +30,10 @@ ran many times slower (docs/performance.md has the measured figures). ``OMP_WAIT
 them sleep at once: faster on a busy CPU, slower on an idle one. :func:`wait_policy_env` chooses it when
 other work keeps more than a quarter of the CPU busy as a command starts (:func:`cpu_busy`); an
 ``OMP_WAIT_POLICY`` already in the environment always wins. The OpenMP runtime reads the variable once,
-when it is loaded with torch, so :func:`choose_wait_policy` restarts the command (``exec``, same process)
-with it. The demo passes the same decision to its ``basicsr`` commands (:mod:`elan_arch.demo.run`).
+when it is loaded with torch, so the commands decide before they import torch (:func:`choose_wait_policy`,
+with the load sampled from the moment the command started, :func:`load_sample`, so the sample costs little
+start-up time); nothing restarts. The demo passes the same decision to its ``basicsr`` commands
+(:mod:`elan_arch.demo.run`).
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ import os
 import platform
 import sys
 import time
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional
 
 #: ``mallopt`` parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
@@ -90,27 +92,43 @@ def _cpu_ticks() -> Optional[List[int]]:
         return None
 
 
-def cpu_load(seconds: float = 0.5, read_ticks: Callable[[], Optional[List[int]]] = _cpu_ticks) -> Optional[float]:
-    """The share of the CPU (0-1, all cores) busy over the next ``seconds`` (``/proc/stat``); elsewhere the
-    1-minute load average per core; None where neither is known."""
-    before = read_ticks()
-    if before is None:
+class LoadSample(NamedTuple):
+    """The CPU's tick counters (``/proc/stat``), this process's own CPU time and the clock, at one moment."""
+    ticks: Optional[List[int]]
+    own_seconds: float
+    at: float
+
+
+def load_sample(read_ticks: Callable[[], Optional[List[int]]] = _cpu_ticks) -> LoadSample:
+    """A :class:`LoadSample` now (the commands take one as they start)."""
+    times = os.times()
+    return LoadSample(read_ticks(), times.user + times.system, time.monotonic())
+
+
+def cpu_load(seconds: float = 0.5, read_ticks: Callable[[], Optional[List[int]]] = _cpu_ticks,
+             since: Optional[LoadSample] = None) -> Optional[float]:
+    """The share of the CPU (0-1, all cores) kept busy by other processes: from ``since`` (default: now) until
+    at least ``seconds`` after it, this process's own CPU time taken out; elsewhere the 1-minute load average
+    per core; None where neither is known."""
+    before = since or load_sample(read_ticks)
+    if before.ticks is None:
         if not hasattr(os, 'getloadavg'):
             return None
         return min(os.getloadavg()[0] / (os.cpu_count() or 1), 1.0)
-    time.sleep(seconds)
-    after = read_ticks() or before
-    delta = [b - a for a, b in zip(before, after)]
+    time.sleep(max(0.0, before.at + seconds - time.monotonic()))
+    after = load_sample(read_ticks)
+    delta = [b - a for a, b in zip(before.ticks, after.ticks or before.ticks)]
     total = sum(delta)
     idle = delta[3] + (delta[4] if len(delta) > 4 else 0)  # idle + iowait
-    return (total - idle) / total if total > 0 else 0.0
+    own = (after.own_seconds - before.own_seconds) * os.sysconf('SC_CLK_TCK') if since is not None else 0.0
+    return max(0.0, total - idle - own) / total if total > 0 else 0.0
 
 
 def cpu_busy(seconds: float = 0.5, threshold: float = 0.25,
-             read_ticks: Callable[[], Optional[List[int]]] = _cpu_ticks) -> bool:
-    """Whether other work keeps more than ``threshold`` of the CPU busy (sampled over ``seconds`` while this
-    process waits; unknown counts as busy)."""
-    load = cpu_load(seconds, read_ticks)
+             read_ticks: Callable[[], Optional[List[int]]] = _cpu_ticks, since: Optional[LoadSample] = None) -> bool:
+    """Whether other work keeps more than ``threshold`` of the CPU busy (:func:`cpu_load`; unknown counts as
+    busy)."""
+    load = cpu_load(seconds, read_ticks, since)
     return True if load is None else load > threshold
 
 
@@ -127,35 +145,31 @@ def wait_policy_env(environ: Mapping[str, str], busy: Optional[Callable[[], bool
     return env
 
 
-def choose_wait_policy(prog: str, execv: Callable[[str, List[str]], None] = os.execv) -> Optional[str]:
-    """For a command that computes (``basicsr train``, ``elan upscale``, ...), as it starts: the policy of
-    :func:`wait_policy_env` put into ``os.environ``. Passive waiting chosen after torch was imported only
-    works in a new process: the command restarts itself (``execv``, same process id, same arguments),
-    saying so on stderr. Returns the policy chosen (None: OpenMP's default, or the user's)."""
-    env = wait_policy_env(os.environ)
+#: How long after a command starts its load sample ends (see :func:`choose_wait_policy`).
+COMMAND_SAMPLE_SECONDS = 0.25
+
+
+def choose_wait_policy(prog: str, since: Optional[LoadSample] = None) -> Optional[str]:
+    """For a command that computes (``basicsr train``, ``elan upscale``, ...), as it starts and before it
+    imports torch: the policy of :func:`wait_policy_env` put into ``os.environ``, the load sampled from
+    ``since`` (the command's start) for :data:`COMMAND_SAMPLE_SECONDS`. Said on stderr when passive.
+    Where torch (and so OpenMP) is loaded already, nothing can change: a busy CPU gets a line of advice.
+    Returns the policy chosen (None: OpenMP's default, or the user's)."""
+    env = wait_policy_env(os.environ, lambda: cpu_busy(COMMAND_SAMPLE_SECONDS, since=since))
     chosen = env.get(WAIT_POLICY) if WAIT_POLICY not in os.environ else None
-    os.environ.update(env)
-    if chosen is None:
-        return None
-    why = (f'{prog}: other work keeps the CPU busy, so OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE, '
-           'faster on a shared CPU; set OMP_WAIT_POLICY yourself to choose)')
-    if 'torch' in sys.modules:  # its OpenMP runtime has read the environment already
-        argv = getattr(sys, 'orig_argv', None)  # Python 3.10+
-        if argv:
-            _say(f'{why}; restarting with it')
-            try:
-                execv(sys.executable, list(argv))
-            except OSError:
-                pass
+    if chosen is not None and 'torch' in sys.modules:  # its OpenMP runtime has read the environment already
         _say(f'{prog}: other work keeps the CPU busy: if this runs slowly, start it with OMP_WAIT_POLICY=PASSIVE '
              '(docs/performance.md)')
         return None
-    _say(why)
+    os.environ.update(env)
+    if chosen is not None:
+        _say(f'{prog}: other work keeps the CPU busy, so OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE, '
+             'faster on a shared CPU; set OMP_WAIT_POLICY yourself to choose)')
     return chosen
 
 
 def _say(message: str) -> None:
-    """A line on stderr, stdout flushed first (before an ``exec``); a broken console is not an error here."""
+    """A line on stderr, stdout flushed first; a broken console is not an error here."""
     for stream, text in ((sys.stdout, ''), (sys.stderr, message + '\n')):
         try:
             stream.write(text)

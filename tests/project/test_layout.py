@@ -133,12 +133,28 @@ def test_every_module_imports_on_its_own():
     assert out.stdout.strip() == ''
 
 
-def test_import_elan_arch_loads_only_what_registration_needs():
-    out = subprocess.run([sys.executable, '-c', 'import sys, elan_arch\n'
-                          'print("\\n".join(m for m in sys.modules if m.startswith("elan_arch.")))'],
+def loaded_modules(code: str) -> List[str]:
+    out = subprocess.run([sys.executable, '-c', f'import sys\n{code}\nprint("\\n".join(sys.modules))'],
                          capture_output=True, text=True, timeout=120, check=True)
-    loaded = out.stdout.split()
+    return out.stdout.split()
+
+
+def test_import_elan_arch_loads_neither_torch_nor_basicsr():
+    loaded = loaded_modules('import elan_arch')
+    assert 'elan_arch.utils.basicsr_compat' in loaded
+    assert [m for m in loaded if m.split('.')[0] in ('torch', 'basicsr') or m.startswith(REGISTRATION[:3])] == []
+
+
+@pytest.mark.parametrize('code', ['import elan_arch, basicsr', 'import elan_arch\nimport basicsr.utils.registry',
+                                  'from elan_arch.archs import ELAN', 'import elan_arch.data',
+                                  'from elan_arch.models.elan_model import ELANModel'])
+def test_basicsr_loaded_means_everything_registered_and_nothing_more(code):
+    loaded = [m for m in loaded_modules(code + '\nfrom basicsr.utils.registry import ARCH_REGISTRY as A, '
+                                        'MODEL_REGISTRY as M, DATASET_REGISTRY as D\n'
+                                        'A.get("ELAN"), M.get("ELANModel"), D.get("ELANPairedImageDataset")')
+              if m.startswith('elan_arch.')]
     assert 'elan_arch.archs.elan_arch' in loaded and 'elan_arch.data.paired_image_dataset' in loaded
+    assert 'elan_arch.models.elan_model' in loaded
     assert [m for m in loaded if not m.startswith(REGISTRATION)] == []
 
 

@@ -40,16 +40,22 @@ def test_tuned_malloc_keeps_freed_memory():
     assert faults['tuned'] < faults['default'] / 3, faults
 
 
-def test_commands_tune_the_process_first(monkeypatch):
+def test_commands_tune_the_process_once_their_arguments_are_parsed(monkeypatch):
     from elan_arch.utils import cpu_tuning
     from elan_arch.cli import basicsr_cmd, main
 
     calls = []
-    monkeypatch.setattr(cpu_tuning, 'tune_process', lambda: calls.append(1))
+
+    def tune() -> None:
+        calls.append(1)
+        raise RuntimeError('tuned')  # stop before the command runs
+
+    monkeypatch.setattr(cpu_tuning, 'tune_process', tune)
     with pytest.raises(SystemExit):
-        main(['--help'])
-    with pytest.raises(SystemExit):
-        basicsr_cmd.main(['--help'])
+        main(['--help'])  # nothing to tune for help
+    for command in (['prepare', 'check', '--gt', 'a', '--lq', 'b', '--scale', '4'], ['test', '-opt', 'x.yml']):
+        with pytest.raises(RuntimeError, match='tuned'):
+            (basicsr_cmd.main if command[0] == 'test' else main)(command)
     assert calls == [1, 1]
 
 
@@ -123,26 +129,57 @@ def test_wait_policy_is_passive_only_on_a_busy_cpu_and_the_users_wins(no_policy)
         assert no_policy.wait_policy_env(given, busy=lambda: pytest.fail('looked at the load')) == given
 
 
-def test_a_command_restarts_itself_with_passive_waiting_on_a_busy_cpu(no_policy, monkeypatch, capsys):
-    """The OpenMP runtime read the environment when torch was loaded: only a new process waits passively."""
-    monkeypatch.setattr(no_policy, 'cpu_busy', lambda: True)
-    monkeypatch.setattr(sys, 'orig_argv', ['python3', '-m', 'elan_arch.cli.basicsr_cmd', 'train', '-opt', 'x.yml'],
-                        raising=False)
-    started = []
-    assert no_policy.choose_wait_policy('basicsr train', execv=lambda path, argv: started.append(argv)) is None
-    assert started == [['python3', '-m', 'elan_arch.cli.basicsr_cmd', 'train', '-opt', 'x.yml']]
+def test_the_policy_is_set_before_torch_loads_and_only_advised_after(no_policy, monkeypatch, capsys):
+    """libgomp reads OMP_WAIT_POLICY once, as torch loads: before that the policy is set, after it only advised."""
+    monkeypatch.setattr(no_policy, 'cpu_busy', lambda *args, **kwargs: True)
+    assert 'torch' in sys.modules  # this test process has loaded it
+    assert no_policy.choose_wait_policy('basicsr train') is None
+    assert 'OMP_WAIT_POLICY' not in os.environ and 'start it with OMP_WAIT_POLICY=PASSIVE' in capsys.readouterr().err
+    monkeypatch.delitem(sys.modules, 'torch')  # as a command is, before it imports torch
+    assert no_policy.choose_wait_policy('basicsr train') == 'PASSIVE'
     assert os.environ['OMP_WAIT_POLICY'] == 'PASSIVE'
     assert 'basicsr train: other work keeps the CPU busy, so OpenMP threads wait passively' in capsys.readouterr().err
     del os.environ['OMP_WAIT_POLICY'], os.environ[no_policy.CHECKED]
-    monkeypatch.setattr(no_policy, 'cpu_busy', lambda: False)
-    assert no_policy.choose_wait_policy('basicsr train', execv=lambda path, argv: started.append(argv)) is None
-    assert len(started) == 1 and 'OMP_WAIT_POLICY' not in os.environ
+    monkeypatch.setattr(no_policy, 'cpu_busy', lambda *args, **kwargs: False)
+    assert no_policy.choose_wait_policy('basicsr train') is None and 'OMP_WAIT_POLICY' not in os.environ
+
+
+def test_the_load_sample_leaves_out_the_process_itself():
+    from elan_arch.utils.cpu_tuning import LoadSample, cpu_load
+
+    ticks = iter([[100, 0, 0, 100, 0]])
+    # 100 busy ticks of 200 in the window, of which this process used 0.5 s (50 ticks at 100 per second)
+    start = LoadSample([0, 0, 0, 0, 0], os.times().user + os.times().system - 0.5 * 100 / os.sysconf('SC_CLK_TCK'),
+                       time.monotonic())
+    assert cpu_load(0, read_ticks=lambda: next(ticks), since=start) == pytest.approx(0.25, abs=0.02)
+
+
+SPY = '''
+import sys
+from elan_arch.utils import cpu_tuning
+seen = []
+cpu_tuning.choose_wait_policy = lambda prog, since=None: seen.append((prog, 'torch' in sys.modules))
+from elan_arch.cli import main
+sys.argv = ['elan', 'bench', '--train', '--size', '8x8']
+code = main()
+print(seen, code)
+'''
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not hasattr(sys, 'orig_argv'), reason='Python 3.10+ restarts the command')
-def test_the_restarted_command_runs_with_passive_waiting(tmp_path):
-    """End to end: `elan bench` on a CPU kept busy by spinning processes starts again with the policy set."""
+def test_commands_choose_the_policy_before_torch_loads_and_help_loads_neither_torch_nor_basicsr():
+    out = subprocess.run([sys.executable, '-c', SPY], capture_output=True, text=True, timeout=300)
+    assert out.stdout.split('\n')[-2] == "[('elan bench', False)] 2", out.stdout + out.stderr
+    for argv in (['--help'], ['prepare', '--help']):
+        out = subprocess.run([sys.executable, '-X', 'importtime', '-m', 'elan_arch', *argv], capture_output=True,
+                             text=True, timeout=120)
+        loaded = {line.rsplit('|', 1)[-1].strip() for line in out.stderr.splitlines()}
+        assert out.returncode == 0 and 'elan_arch.cli' in loaded and not {'torch', 'basicsr'} & loaded, argv
+
+
+@pytest.mark.slow
+def test_a_command_on_a_busy_cpu_waits_passively_without_restarting(tmp_path):
+    """End to end: `elan bench` on a CPU kept busy by spinning processes chooses the policy once, in place."""
     from elan_arch.utils import cpu_tuning
 
     env = {k: v for k, v in os.environ.items() if k not in ('OMP_WAIT_POLICY', 'OMP_NUM_THREADS', cpu_tuning.CHECKED)}
@@ -155,5 +192,5 @@ def test_the_restarted_command_runs_with_passive_waiting(tmp_path):
         for proc in spinners:
             proc.kill()
             proc.wait()
-    assert out.returncode == 2 and out.stderr.count('wait passively') == 1, out.stderr  # restarted once
-    assert 'restarting with it' in out.stderr and '--size 8x8 is the input of the inference benchmark' in out.stderr
+    assert out.returncode == 2 and out.stderr.count('wait passively') == 1, out.stderr
+    assert 'restart' not in out.stderr and '--size 8x8 is the input of the inference benchmark' in out.stderr
