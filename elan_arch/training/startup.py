@@ -6,7 +6,8 @@ that fails on a missing dataroot, an LMDB of another scale or an option value le
 (and an archive per retry) and a log without the error. With :mod:`elan_arch.training.basicsr_fixes`:
 
 * :func:`check_options` runs before any folder is made (``basicsr.train.load_resume_state`` is the
-  last call before them): option values, every dataset's files (LMDB pairs with
+  last call before them): option values (real-world runs: :mod:`~elan_arch.training.realworld_checks`), every
+  dataset's files (LMDB pairs with
   :func:`elan_arch.data.lmdb_check.check_lmdb_pair`) and, after the resume state is chosen,
   :func:`check_pretrained` for the pretrained networks.
 * :func:`make_run_folder` replaces basicsr's ``mkdir_and_rename``: it records what it made and
@@ -27,6 +28,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 from elan_arch.training import elastic
 from elan_arch.training.network_checks import check_network_options, pretrained_mismatch
 from elan_arch.training.notes import note, to_log_files, write_pending_notes
+from elan_arch.training.realworld_checks import check_realworld_options
 from elan_arch.utils.errors import ElanError
 from elan_arch.utils.fileio import shown_path
 
@@ -89,6 +91,7 @@ def check_options(opt: Dict[str, Any]) -> None:
         _check_dataset(phase, dataset)
     _check_wandb(opt['logger'])
     check_network_options(opt)
+    check_realworld_options(opt)
 
 
 def check_test_options(opt: Dict[str, Any]) -> None:
