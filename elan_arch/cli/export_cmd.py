@@ -10,7 +10,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     import torch
 
     from elan_arch.deploy.onnx_export import OPSET, TOLERANCE, VERIFY_SHAPES
-    from elan_arch.cli.convert_cmd import add_reading_options
+    from elan_arch.cli.options import add_network_options
 
     checks = ' and '.join('x'.join(map(str, s)) for s in VERIFY_SHAPES)
     parser = subparsers.add_parser(
@@ -36,12 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f'{TOLERANCE[torch.float32]:g}, with --half {TOLERANCE[torch.float16]:g}: '
                         'float16 rounding through '
                         'full ELAN\'s 36 blocks alone reaches a few 1e-3)')
-    add_reading_options(parser, 'WEIGHTS')
+    add_network_options(parser, 'WEIGHTS')
     parser.add_argument('--force', action='store_true', help='replace OUT if it exists')
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from elan_arch.cli.options import network_overrides
     from elan_arch.deploy.checkpoint import load_checkpoint
     from elan_arch.deploy.onnx_export import export_onnx
     from elan_arch.utils.fileio import check_output_free
@@ -49,8 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tolerance is not None and not args.tolerance >= 0:
         raise ElanError(f'--tolerance {args.tolerance}: must be >= 0')
     check_output_free(args.out, args.force)  # before the export's work
-    net, config, source = load_checkpoint(args.weights, unsafe=args.unsafe_load, window_sizes=args.window_sizes,
-                                          img_range=args.img_range)
+    net, config, source = load_checkpoint(args.weights, unsafe=args.unsafe_load, overrides=network_overrides(args))
     print(f'exporting {args.weights} ({source} checkpoint) to ONNX...', flush=True)
     result = export_onnx(net, args.out, config, half=args.half, opset=args.opset, dynamo=args.dynamo,
                          overwrite=args.force, tolerance=args.tolerance)

@@ -23,7 +23,7 @@ Job = Tuple[Path, Path]  # (input image, output PNG)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from elan_arch.cli.options import add_device_options
+    from elan_arch.cli.options import add_device_options, add_network_options
     from elan_arch.inference.upscale import DEFAULT_OVERLAP, DEFAULT_TILE
     from elan_arch.inference.pipeline import default_writers
 
@@ -43,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help='an `elan export` model run by onnxruntime instead (CPU, or CUDA with onnxruntime-gpu; '
                        'its dtype is fixed at export, so no --half/--compile)')
     parser.add_argument('--scale', type=int, help='expected upscale factor: refuse weights of another scale')
+    add_network_options(parser, '--weights')
     parser.add_argument('--tile', type=int, nargs='?', const=DEFAULT_TILE, metavar='N',
                         help=f'process in N x N tiles (input pixels, rounded up to a multiple of 16, N >= 1); '
                         f'--tile alone: {DEFAULT_TILE}; without --tile: the whole image at once')
@@ -161,6 +162,7 @@ def _write(dst: Path, out: np.ndarray, force: bool) -> None:
 def load_model(args: argparse.Namespace) -> Tuple[Callable[[Tensor], Tensor], int, int, str]:
     """The network for ``--weights`` (PyTorch, prepared for ``--device/--half/--compile``) or ``--onnx``
     (onnxruntime), its scale and padding multiple, and where it runs (for the summary line)."""
+    from elan_arch.cli.options import network_overrides
     from elan_arch.deploy.checkpoint import load_network_from_checkpoint
     from elan_arch.inference.upscale import prepare_network, select_device
 
@@ -170,11 +172,14 @@ def load_model(args: argparse.Namespace) -> Tuple[Callable[[Tensor], Tensor], in
         if args.half or args.compile or args.fused_attention:
             raise ElanError('--half/--compile/--fused-attention do not apply to --onnx: the model\'s dtype and '
                             'operations are fixed at export (elan export --half)')
+        if network_overrides(args) or args.unsafe_load:
+            raise ElanError('--opt/--window-sizes/--shift-windows/--img-range/--unsafe-load do not apply to --onnx: '
+                            'the model was built at export (pass them to elan export)')
         net = OnnxNetwork(args.onnx, args.device)
         source, where = args.onnx, f'onnxruntime ({net.providers[0]})'
     else:
         device, dtype = select_device(args.device, args.half)
-        net = load_network_from_checkpoint(args.weights)
+        net = load_network_from_checkpoint(args.weights, unsafe=args.unsafe_load, overrides=network_overrides(args))
         source, where = args.weights, str(device)
         if args.fused_attention:
             from elan_arch.archs import window_kernels

@@ -4,7 +4,9 @@
 
 * PyTorch pickles (``torch.save``, any extension), unpickled with ``weights_only``:
 
-  - BasicSR: ``{'params': state_dict}`` and/or ``{'params_ema': state_dict}``;
+  - BasicSR: ``{'params': state_dict}`` and/or ``{'params_ema': state_dict}``; this package's (the
+    ``basicsr`` command's ``net_g_*.pth``, ``elan convert``) add ``'network_g'``: the network's record
+    (:data:`NETWORK_G_KEY`), which BasicSR's ``load_network`` never reads (it takes ``[param_key]``);
   - the authors' training code: ``{'epoch', 'model_state_dict', 'optimizer_state_dict',
     'scheduler_state_dict', 'stat_dict'}``, every weight key prefixed ``module.``;
   - traiNNer-redux's ``.pth``: ``{'metadata': {hyperparameters}, 'params': state_dict}``
@@ -16,7 +18,7 @@
   name -> tensor map plus a str -> str metadata map, read with no pickle at all:
 
   - this package's (``elan convert --format safetensors``): metadata ``network_g``, the
-    JSON of the ELAN keyword arguments;
+    JSON of the network's record;
   - traiNNer-redux's (its default format): optional metadata ``metadata``, the JSON of the
     architecture's hyperparameters; its ELAN records none.
 
@@ -43,7 +45,9 @@ from elan_arch.utils.errors import ElanError
 
 StateDict = Dict[str, Tensor]
 PARAM_KEYS = ('params_ema', 'params', 'model_state_dict', 'state_dict')
-#: safetensors metadata entry holding this package's ELAN keyword arguments (JSON).
+#: The entry of a ``torch.save`` dict (and of safetensors metadata, as JSON) that records the network:
+#: ``network_g`` as an option file would hold it (``type: ELAN`` and the constructor's options; absent
+#: options are the constructor's defaults).
 NETWORK_G_KEY = 'network_g'
 #: safetensors metadata entry (and ``.pth`` dict entry) holding traiNNer-redux's hyperparameters.
 TRAINNER_META_KEY = 'metadata'
@@ -57,11 +61,14 @@ class Checkpoint:
         state_dict: Weights without ``module.`` prefixes.
         source: The container, for messages: ``BasicSR``, ``authors'``, ``traiNNer-redux``,
             ``elan-arch safetensors``, ``safetensors`` or ``state_dict``.
-        recorded: ELAN keyword arguments the file records (empty when it records none).
+        recorded: ELAN keyword arguments another program's file records (traiNNer-redux's hyperparameters;
+            empty when it records none).
+        network_g: This package's record of the network (:data:`NETWORK_G_KEY`), or None.
     """
     state_dict: StateDict
     source: str
     recorded: Dict[str, Any] = field(default_factory=dict)
+    network_g: Optional[Dict[str, Any]] = None
 
 
 def _numpy_safe_globals() -> List[Any]:
@@ -109,8 +116,8 @@ def _read_safetensors(path: str) -> Checkpoint:
         raise ElanError(f'{path}: not a readable safetensors file ({str(err).splitlines()[0]})') from err
     try:
         if NETWORK_G_KEY in meta:
-            network_g = json.loads(meta[NETWORK_G_KEY])
-            return Checkpoint(sd, 'elan-arch safetensors', {k: v for k, v in network_g.items() if k != 'type'})
+            record = checked_record(json.loads(meta[NETWORK_G_KEY]), path)
+            return Checkpoint(sd, 'elan-arch safetensors', network_g=record)
         if TRAINNER_META_KEY in meta:
             return Checkpoint(sd, 'traiNNer-redux', elan_kwargs_from_trainner(json.loads(meta[TRAINNER_META_KEY])))
     except (json.JSONDecodeError, AttributeError) as err:
@@ -130,6 +137,7 @@ def _unwrap(obj: Any, path: str, param_key: Optional[str]) -> Checkpoint:
         source = "authors'"
     elif 'params' in obj or 'params_ema' in obj:
         source = 'BasicSR'
+    network_g = checked_record(obj[NETWORK_G_KEY], path) if NETWORK_G_KEY in obj else None
     if param_key is not None:
         if param_key not in obj:
             raise ElanError(f'{path}: no entry {param_key!r}; entries are {sorted(map(str, obj))}')
@@ -139,7 +147,14 @@ def _unwrap(obj: Any, path: str, param_key: Optional[str]) -> Checkpoint:
     if not obj or not all(isinstance(v, Tensor) for v in obj.values()):
         raise ElanError(f'{path}: no network weights found (expected one of the entries {list(PARAM_KEYS)} '
                         'or a bare state_dict of tensors)')
-    return Checkpoint(dict(obj), source, recorded)
+    return Checkpoint(dict(obj), source, recorded, network_g)
+
+
+def checked_record(network_g: Any, path: str) -> Dict[str, Any]:
+    """A file's :data:`NETWORK_G_KEY` entry, checked to be an ELAN's options."""
+    if not isinstance(network_g, Mapping) or network_g.get('type', 'ELAN') != 'ELAN':
+        raise ElanError(f'{path}: its {NETWORK_G_KEY!r} entry is not the record of an ELAN network ({network_g!r})')
+    return {str(k): v for k, v in network_g.items()}
 
 
 def read_checkpoint(path: str, param_key: Optional[str] = None, unsafe: bool = False) -> Checkpoint:

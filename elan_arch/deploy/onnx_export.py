@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from elan_arch.archs.elan_arch import ELAN
-from elan_arch.deploy.checkpoint import variant_name
+from elan_arch.deploy.checkpoint import network_record, variant_name
 from elan_arch.utils.errors import ElanError
 from elan_arch.utils.extras import require
 from elan_arch.utils.fileio import PathLike, atomic_path
@@ -116,7 +116,7 @@ def model_metadata(net: ELAN, config: Dict[str, Any], dtype: torch.dtype, export
         'elan.variant': variant_name(config),
         'elan.scale': str(scale),
         'elan.pad_multiple': str(net.pad_multiple),
-        'elan.config': json.dumps(config),
+        'elan.network_g': json.dumps(network_record(net)),  # as checkpoints record it (float32 net)
         'elan.dtype': kind,
         'elan.input': f'{INPUT_NAME}: {kind} (batch, {colors}, H, W), RGB in [0, 1], any H, W >= 1',
         'elan.output': f'{OUTPUT_NAME}: {kind} (batch, {colors}, H*{scale}, W*{scale}), RGB in [0, 1] (not clamped)',

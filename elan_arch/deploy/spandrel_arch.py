@@ -7,9 +7,12 @@ One line makes spandrel open ELAN checkpoints::
 after which ``spandrel.ModelLoader().load_from_file(path)`` returns an
 ``ImageModelDescriptor`` for the authors', BasicSR's, traiNNer-redux's and this package's
 ELAN checkpoints (``.pth``, ``.pt``, ``.safetensors``), whose ``model`` is this package's
-:class:`~elan_arch.archs.elan_arch.ELAN` with the configuration inferred by
-:func:`elan_arch.deploy.checkpoint.resolve_config`. Detection needs keys only ELAN's module tree
-has, so spandrel's own architectures are detected as before.
+:class:`~elan_arch.archs.elan_arch.ELAN` built as :func:`elan_arch.deploy.checkpoint.network_config`
+decides: from the file's record, else the option file of its BasicSR run folder, else the tensors
+with the window sizes and shifted windows assumed and said so (one line on stderr). spandrel hands
+architectures the weights only, so :func:`install` also makes ``ModelLoader.load_state_dict_from_file``
+return, for an ELAN's file, a :class:`FileStateDict`: the same weights plus the file's path and record.
+Detection needs keys only ELAN's module tree has, so spandrel's own architectures are detected as before.
 
 spandrel unpickles ``.pth``/``.pt`` files with an allow-list of tensor and ``OrderedDict``
 globals. The authors' checkpoints also hold the optimizer/scheduler state and NumPy scalars
@@ -26,18 +29,38 @@ file with this package, or load them through :func:`elan_arch.deploy.checkpoint.
 """
 from __future__ import annotations
 
+import functools
 import importlib
-from typing import Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from elan_arch.archs.elan_arch import ELAN
-from elan_arch.deploy.checkpoint import build_network, resolve_config, variant_name
+from elan_arch.deploy.checkpoint import build_announced, variant_name
+from elan_arch.deploy.checkpoint_formats import Checkpoint, read_checkpoint
+from elan_arch.utils.errors import ElanError
 from elan_arch.utils.extras import require
 
 require('spandrel', 'spandrel', 'elan_arch.spandrel_support')
 
 from spandrel import (  # noqa: E402
-    MAIN_REGISTRY, Architecture, ArchSupport, ImageModelDescriptor, ModelTiling, SizeRequirements, StateDict)
+    MAIN_REGISTRY, Architecture, ArchSupport, ImageModelDescriptor, ModelLoader, ModelTiling, SizeRequirements,
+    StateDict)
 from spandrel.util import KeyCondition  # noqa: E402
+
+#: The advice ending an assumption announced while spandrel loads (it takes no options).
+SPANDREL_HINT = ('if the network was trained otherwise, write a file that records it: '
+                 'elan convert FILE OUT.safetensors (with {flags} or --opt FILE)')
+#: Keys every ELAN state_dict has (whether to look for a record in the file).
+_ELAN_KEYS = ('head.0.weight', 'body.0.modules_gmsa.gmsa_0.project_inp.0.weight', 'tail.0.weight')
+
+
+class FileStateDict(dict):
+    """The state_dict spandrel read from an ELAN's file, with the file's path and what it says about the network
+    (:class:`~elan_arch.deploy.checkpoint_formats.Checkpoint`'s ``source``, ``recorded`` and ``network_g``)."""
+
+    def __init__(self, state_dict: Dict[str, Any], path: str, checkpoint: Optional[Checkpoint]) -> None:
+        super().__init__(state_dict)
+        self.path = path
+        self.checkpoint = checkpoint
 
 #: Globals (module, name) added to spandrel's unpickling allow-list for the authors' checkpoints.
 AUTHORS_PICKLE_GLOBALS: Tuple[Tuple[str, str], ...] = (
@@ -72,8 +95,10 @@ class ELANArch(Architecture[ELAN]):
         supported (attention is local to windows of at most 16 pixels). Half and bfloat16:
         the inference path computes the attention logits in float32.
         """
-        config = resolve_config(state_dict, 'state_dict')
-        net = build_network(state_dict, config, 'state_dict')
+        path, read = getattr(state_dict, 'path', 'state_dict'), getattr(state_dict, 'checkpoint', None)
+        ck = Checkpoint(dict(state_dict), read.source if read else 'state_dict', read.recorded if read else {},
+                        read.network_g if read else None)
+        net, config = build_announced(ck, path, hint=SPANDREL_HINT)
         scale, colors = config['upscale'], config['colors']
         tags = [variant_name(config), f'{config["c_elan"]}nf', f'{config["m_elan"]}nb']
         if config.get('rgb_mean', ()) is None:
@@ -84,10 +109,34 @@ class ELANArch(Architecture[ELAN]):
             output_channels=colors, size_requirements=SizeRequirements(), tiling=ModelTiling.SUPPORTED)
 
 
+def with_file_record(load_state_dict_from_file: Callable[..., StateDict]) -> Callable[..., StateDict]:
+    """Wrap ``ModelLoader.load_state_dict_from_file``: an ELAN's weights come back as a :class:`FileStateDict`
+    (the file is read a second time by :func:`~elan_arch.deploy.checkpoint_formats.read_checkpoint` for its
+    record; a file that reader refuses keeps no record). Other files are returned as spandrel read them."""
+    if getattr(load_state_dict_from_file, 'elan_file_record', False):
+        return load_state_dict_from_file
+
+    @functools.wraps(load_state_dict_from_file)
+    def wrapper(self: ModelLoader, path: Any) -> StateDict:
+        state_dict = load_state_dict_from_file(self, path)
+        if not all(key in state_dict for key in _ELAN_KEYS):
+            return state_dict
+        try:
+            checkpoint: Optional[Checkpoint] = read_checkpoint(str(path))
+        except ElanError:
+            checkpoint = None
+        return FileStateDict(state_dict, str(path), checkpoint)
+
+    wrapper.elan_file_record = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 def install(allow_authors_pickles: bool = True) -> None:
-    """Register :class:`ELANArch` in ``spandrel.MAIN_REGISTRY`` (once) and, unless told not to,
-    let spandrel unpickle the authors' checkpoints (see the module docstring)."""
+    """Register :class:`ELANArch` in ``spandrel.MAIN_REGISTRY`` (once), let ``ModelLoader`` pass an ELAN file's
+    path and record to it (:func:`with_file_record`) and, unless told not to, let spandrel unpickle the authors'
+    checkpoints (see the module docstring)."""
     MAIN_REGISTRY.add(ArchSupport.from_architecture(ELANArch()), ignore_duplicates=True)
+    ModelLoader.load_state_dict_from_file = with_file_record(ModelLoader.load_state_dict_from_file)
     if allow_authors_pickles:
         allowed = getattr(importlib.import_module('spandrel.__helpers.unpickler'), 'safe_list', None)
         if isinstance(allowed, set):

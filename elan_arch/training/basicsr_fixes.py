@@ -28,6 +28,10 @@ behaviour wherever basicsr works and only changes the case it gets wrong
 - ``models.base_model.BaseModel.save_network`` / ``save_training_state``: written in place,
   so an interrupted write leaves a truncated ``.pth``/``.state`` that ``--auto_resume`` then
   picks. Now written in a hidden temporary folder and renamed into place.
+- ``models.base_model.BaseModel.save_network`` also wrote the tensors only, which cannot tell an
+  ELAN's window sizes or shifted windows: replaced by :func:`elan_arch.models.saving.save_network`
+  (the same file plus ``'network_g'``, the network's record, which ``load_network`` ignores), then
+  made atomic as above.
 - ``train.load_resume_state`` (the last call before basicsr makes the run's folders): maps the
   state to ``cuda.current_device()`` (fails without CUDA) and dies on a damaged state. Replaced by
   :func:`load_resume_state`: the checks of :mod:`elan_arch.training.startup`, then :mod:`elan_arch.training.resume`
@@ -289,6 +293,7 @@ def apply() -> None:
     import basicsr.utils.misc as misc
     from basicsr.models.base_model import BaseModel
 
+    from elan_arch.models import saving
     from elan_arch.models.elan_model import ema_with_buffers
     from elan_arch.models.realworld import fix_basicsr_models
     from elan_arch.training import interrupt
@@ -302,7 +307,7 @@ def apply() -> None:
     from elan_arch.models.tb_images import with_tb_images
     SRModel.nondist_validation = with_tb_images(SRModel.nondist_validation)
     train.parse_options = test.parse_options = checked_options(train.parse_options)
-    BaseModel.save_network = _saved_atomically(BaseModel.save_network, 'models')
+    BaseModel.save_network = _saved_atomically(saving.save_network, 'models')
     BaseModel.save_training_state = _saved_atomically(BaseModel.save_training_state, 'training_states')
     BaseModel.resume_training = resume.schedule_from_options(BaseModel.resume_training)
     train.load_resume_state = load_resume_state

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from elan_arch.utils.errors import ElanError
 
@@ -93,6 +93,37 @@ def configured_elan(options: Dict[str, Any]) -> Dict[str, Any]:
     return {**defaults, **{k: v for k, v in options.items() if k != 'type'}}
 
 
+def _normal(key: str, value: Any) -> Any:
+    """``window_sizes`` as a list of ints (an int or a tuple in an option file), other values as they are."""
+    if key == 'window_sizes' and value is not None:
+        return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+    return value
+
+
+def described_unseen(loaded: Any, state: Dict[str, Any], path: str) -> Optional[Tuple[Dict[str, Any], str]]:
+    """``window_sizes`` and ``shift_windows`` (which the tensors cannot tell) as the file at ``path`` describes
+    them, and where: its record, or the option file of its BasicSR run folder; None when neither says.
+
+    Raises:
+        ElanError: the record or option file contradicts the tensors.
+    """
+    from elan_arch.deploy.checkpoint import UNSEEN, network_config
+    from elan_arch.deploy.checkpoint_formats import NETWORK_G_KEY, Checkpoint, checked_record
+    from elan_arch.deploy.option_files import run_network_g
+
+    record = loaded.get(NETWORK_G_KEY) if isinstance(loaded, dict) else None
+    if record is not None:
+        where = f'its {NETWORK_G_KEY} record'
+    else:
+        run = run_network_g(path)
+        if run is None:
+            return None
+        where = f'network_g of {run[0]}'
+    ck = Checkpoint(state, 'BasicSR', network_g=checked_record(record, path) if record is not None else None)
+    config = network_config(ck, path, announce=lambda note: None)
+    return {k: config[k] for k in UNSEEN}, where
+
+
 def pretrained_mismatch(opt: Dict[str, Any], key: str, loaded: Any) -> Optional[str]:
     """Why the file loaded for ``path.<key>`` (``pretrain_network_g``, ...) cannot be loaded strictly into the
     ELAN its ``network_*`` block configures (another scale, variant or ablation), or None (it fits, the block
@@ -125,6 +156,16 @@ def pretrained_mismatch(opt: Dict[str, Any], key: str, loaded: Any) -> Optional[
     found.setdefault('window_sizes', wanted.get('window_sizes'))  # not in the tensors; named as configured
     differ: List[str] = [f'{k} {found.get(k)!r} in the file, {wanted.get(k)!r} configured' for k in SHAPE_OPTIONS
                          if k in found and k in wanted and found[k] != wanted[k]]
+    if not differ:
+        try:
+            described = described_unseen(loaded, state, opt['path'][key])
+        except ElanError as err:
+            return f'does not hold the network it describes ({err})'
+        if described is not None:
+            unseen, where = described
+            found.update(unseen)
+            differ = [f'{k} {v!r} in {where}, {wanted.get(k)!r} configured' for k, v in unseen.items()
+                      if _normal(k, v) != _normal(k, wanted.get(k))]
     if not differ:
         return None
     return (f'holds {_described(found)}, but network_{suffix} configures {_described(wanted)}: {"; ".join(differ)}. '

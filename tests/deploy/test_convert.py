@@ -30,7 +30,10 @@ def test_round_trip_authors_format_convert_basicsr_load_identical_output(tmp_pat
     save_authors_checkpoint(net, src)
     assert main(['convert', str(src), str(dst)]) == 0
     saved = torch.load(dst, weights_only=True)
-    assert list(saved) == ['params'] and not any(k.startswith('module.') for k in saved['params'])
+    assert list(saved) == ['params', 'network_g'] and not any(k.startswith('module.') for k in saved['params'])
+    assert saved['network_g'] == {'type': 'ELAN', 'upscale': 4, 'colors': 3, **ELAN_VARIANTS['ELAN-light'],
+                                  'img_range': 255.0, 'rgb_mean': [0.4488, 0.4371, 0.404], 'lfe': 'shift',
+                                  'attention': 'asa', 'shift_windows': True}
 
     # load it the way an option file does: network_g + path.pretrain_network_g with strict_load_g
     opt = {'is_train': False, 'num_gpu': 0, 'dist': False,
