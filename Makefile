@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: install install-test demo lint test test-fast
+.PHONY: install install-test install-browser demo lint test test-fast
 
 # basicsr 1.4.2 ships only an sdist whose build requirements name an unpinned torch:
 # pip's isolated build would download the newest torch (GBs) just to build it. So torch and
@@ -24,8 +24,17 @@ demo: install
 lint: install-test
 	$(PYTHON) -m ruff check .
 
+# Headless Chromium for the comparison page's browser test (tests/compare/test_compare_browser.py): Debian's
+# package, installed when missing. Where apt cannot install it the test is skipped with that reason, except
+# under CI=true, where it fails.
+install-browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || \
+	  echo "install-browser: could not install Debian's chromium; the browser test is skipped (it fails under CI=true)"; \
+	fi
+
 # Everything CI runs: lint, then the whole test suite.
-test: lint
+test: lint install-browser
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 # A developer's loop of a minute or two: no subprocess training runs, kernel compiles or ONNX sweeps.

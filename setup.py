@@ -14,6 +14,7 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.9',
     packages=find_packages(include=['elan_arch', 'elan_arch.*']),
+    package_data={'elan_arch.compare': ['static/*.css', 'static/*.js']},  # elan compare's page
     install_requires=[
         'torch>=2.1',
         'torchvision',
@@ -34,7 +35,8 @@ setup(
         'onnx': ['onnx', 'onnxruntime', 'onnxscript'],
         # `import elan_arch.spandrel_support`: ELAN in spandrel (chaiNNer, ComfyUI)
         'spandrel': ['spandrel'],
-        'test': ['pytest>=7', 'pytest-timeout', 'ruff', 'onnx', 'onnxruntime', 'onnxscript', 'spandrel'],
+        # playwright drives Debian's chromium (make install-browser) in the page's browser test; no browser download
+        'test': ['pytest>=7', 'pytest-timeout', 'ruff', 'onnx', 'onnxruntime', 'onnxscript', 'spandrel', 'playwright'],
     },
     entry_points={
         'console_scripts': [
