@@ -106,8 +106,9 @@ def build_basicsr_network(network_g: Dict[str, Any], weights: Optional[Path], pa
         try:
             net.load_state_dict(_state_dict(weights, param_key), strict=strict)
         except RuntimeError as err:
+            detail = ' '.join(str(err).split())
             raise ElanError(f'{weights}: its weights do not fit {network_g.get("type")} of {what} '
-                            f'({one_line(err)})') from err
+                            f'({detail[:400]}{"..." if len(detail) > 400 else ""})') from err
     return net
 
 

@@ -59,6 +59,7 @@ def commands_of(monkeypatch, argv: List[str], capsys) -> List[List[str]]:
                         lambda images, scale: {'photo': {'bicubic': (25.0, 0.7), 'ELAN': (26.0, 0.8)}})
     monkeypatch.setattr(demo, 'write_pictures', lambda images, results, opt, iters, out, label='ELAN-light x4':
                         seen.update(train_name=opt['name'], out=out, label=label) or [])
+    monkeypatch.setattr(demo, 'compare_page', lambda test_opt, options, experiment, label: Path('page.html'))
     assert demo.main(argv) == 0
     return commands, seen, capsys.readouterr().out
 
