@@ -60,6 +60,12 @@ behaviour wherever basicsr works and only changes the case it gets wrong
   started with an empty queue and other random degradations. Now the degradation draws from its own
   random stream, saved with the queue in ``<iter>.state`` (:mod:`elan_arch.models.realworld_state`),
   so a resumed run degrades as the uninterrupted one.
+- ``models.sr_model.SRModel.nondist_validation`` (every SR model's validation and ``basicsr test``): every metric
+  ran on every set, so PSNR/SSIM on a set without ground truth (``SingleImageDataset``: real low-resolution
+  photos) died with a TypeError (``img2`` missing), in training at the first validation. Wrapped by
+  :func:`elan_arch.models.val_metrics.gt_free_validation`: such a set gets only the metrics that need no ground
+  truth (NIQE), the skipped ones are logged; ``calculate_lpips`` is registered as a metric
+  (:func:`elan_arch.models.val_metrics.install`).
 - ``train.create_train_val_dataloader``, ``train.build_model``, ``data.worker_init_fn``:
   wrapped, results unchanged, so that SIGINT/SIGTERM save a resumable state
   (:mod:`elan_arch.training.interrupt`).
@@ -295,6 +301,7 @@ def apply() -> None:
 
     from elan_arch.models import saving
     from elan_arch.models.elan_model import ema_with_buffers
+    from elan_arch.models import val_metrics
     from elan_arch.models.realworld import fix_basicsr_models
     from elan_arch.training import interrupt
 
@@ -320,3 +327,4 @@ def apply() -> None:
     train.build_model = interrupt.stop_with_state(explained_downloads(train.build_model))
     data.worker_init_fn = interrupt.signals_to_main_process(data.worker_init_fn)
     fix_basicsr_models()
+    val_metrics.install()
