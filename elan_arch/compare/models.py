@@ -4,7 +4,9 @@ Every model becomes a :class:`Model` whose ``upscale`` takes the LR image as ``b
 (uint8 BGR, to float32 RGB in [0, 1]) and returns what ``basicsr test`` would save and measure: the output
 clamped to [0, 1], times 255, rounded half to even, as uint8 BGR (``basicsr.utils.tensor2img``'s arithmetic,
 which :func:`elan_arch.inference.upscale.upscale_array` shares). Networks run through ``upscale_array``, in
-tiles with ``--tile``.
+tiles with ``--tile``. ELAN checkpoints and exported models get their runtime from
+:func:`elan_arch.inference.backends.load_backend` (as ``elan upscale`` does); other archs are built by BasicSR's
+``ARCH_REGISTRY`` from ``network_g``.
 
 Loading checks the scale: a network is run once on a small probe, and one whose output is not ``scale`` times
 its input is refused with a message naming its file (the other models are still compared).
@@ -130,22 +132,43 @@ def _options_network(spec: ModelSpec):
     return net, about, opt.get('name')
 
 
-def _exported_network(spec: ModelSpec, settings: RunSettings):
-    """An exported model's callable: through :mod:`elan_arch.inference.backends` where it exists, else ONNX
-    through :class:`elan_arch.deploy.onnx_runtime.OnnxNetwork`."""
-    try:
-        from elan_arch.inference import backends
-    except ImportError:
-        backends = None
-    if backends is not None and hasattr(backends, 'load_backend'):
-        loaded = backends.load_backend(**{spec.kind: str(spec.path)}, device=str(settings.device))
-        return getattr(loaded, 'network', loaded)
-    if spec.kind != 'onnx':
-        raise ElanError(f'-m {spec.argument}: {spec.kind} models need elan_arch.inference.backends, '
-                        'which this installation lacks')
-    from elan_arch.deploy.onnx_runtime import OnnxNetwork
+def _backend_network(spec: ModelSpec, scale: int, settings: RunSettings):
+    """(callable, description, parameter count) of a checkpoint or exported model, through
+    :func:`elan_arch.inference.backends.load_backend` (the one place a runtime is chosen) where this installation
+    has it, else the checkpoint loader (:func:`elan_arch.deploy.checkpoint.load_network_from_checkpoint`) or
+    :class:`elan_arch.deploy.onnx_runtime.OnnxNetwork`; ElanError naming the file for another scale."""
+    import torch
 
-    return OnnxNetwork(spec.path, device=str(settings.device))
+    if not spec.path.exists():
+        raise ElanError(f'-m {spec.argument}: {shown_path(spec.path)} not found')
+    try:
+        from elan_arch.inference.backends import load_backend
+    except ImportError:
+        load_backend = None
+    kind = 'weights' if spec.kind == 'checkpoint' else spec.kind
+    if load_backend is not None:
+        half = {'half': settings.dtype == torch.float16} if kind == 'weights' else {}
+        backend = load_backend(**{kind: str(spec.path)}, device=str(settings.device), **half)
+        net, model_scale, where = backend.net, backend.scale, backend.where
+    elif kind == 'weights':
+        from elan_arch.deploy.checkpoint import load_network_from_checkpoint
+        from elan_arch.inference.upscale import prepare_network
+
+        net = prepare_network(load_network_from_checkpoint(str(spec.path)), settings.device, settings.dtype)
+        model_scale, where = net.upscale, 'PyTorch'
+    elif kind == 'onnx':
+        from elan_arch.deploy.onnx_runtime import OnnxNetwork
+
+        net = OnnxNetwork(spec.path, device=str(settings.device))
+        model_scale, where = net.upscale, 'onnxruntime'
+    else:
+        raise ElanError(f'-m {spec.argument}: {spec.kind} models need elan_arch.inference.backends')
+    if model_scale != scale:
+        raise ElanError(f'{spec.path}: an x{model_scale} model, not x{scale}; compare models of one scale '
+                        f'(or run with --scale {model_scale})')
+    params = sum(p.numel() for p in net.parameters()) if isinstance(net, torch.nn.Module) else None
+    what = 'ELAN checkpoint' if kind == 'weights' else f'{spec.kind} model'
+    return net, f'{what} {spec.path.name} ({where})', params
 
 
 def load_model(spec: ModelSpec, name: str, scale: int, settings: RunSettings) -> Model:
@@ -158,28 +181,15 @@ def load_model(spec: ModelSpec, name: str, scale: int, settings: RunSettings) ->
     if spec.kind == 'bicubic':
         return Model(name, lambda lr: bicubic_upscale(lr, scale), None, f'MATLAB bicubic x{scale}')
     what = str(spec.path) if spec.path is not None else f'--net {spec.argument}'
-    if spec.kind == 'checkpoint':
-        from elan_arch.deploy.checkpoint import load_network_from_checkpoint
-
-        if not spec.path.is_file():
-            raise ElanError(f'-m {spec.argument}: checkpoint {shown_path(spec.path)} not found')
-        net = load_network_from_checkpoint(str(spec.path))
-        if getattr(net, 'upscale', scale) != scale:
-            raise ElanError(f'{spec.path}: an x{net.upscale} ELAN checkpoint, not x{scale}; compare models of '
-                            f'one scale (or run with --scale {net.upscale})')
-        about = f'ELAN checkpoint {spec.path.name}'
-    elif spec.kind in ('onnx', 'openvino', 'ncnn'):
-        if not spec.path.exists():
-            raise ElanError(f'-m {spec.argument}: {shown_path(spec.path)} not found')
-        net = _exported_network(spec, settings)
-        about = f'{spec.kind} model {spec.path.name}'
+    params = None
+    if spec.kind in ('checkpoint', 'onnx', 'openvino', 'ncnn'):
+        net, about, params = _backend_network(spec, scale, settings)
     elif spec.kind == 'options':
         net, about, _ = _options_network(spec)
     else:
         net = build_basicsr_network(spec.network, spec.weights, spec.param_key, spec.strict, what)
         about = f'{spec.network["type"]}' + (f', weights {spec.weights}' if spec.weights else ', random init')
-    params = None
-    if isinstance(net, nn.Module):
+    if isinstance(net, nn.Module) and params is None:  # a BasicSR arch: not yet on its device
         params = sum(p.numel() for p in net.parameters())
         net = prepare_network(net, settings.device, settings.dtype)
     pad_multiple = int(getattr(net, 'pad_multiple', 0) or 16)

@@ -169,7 +169,7 @@ def test_bad_input(tmp_path, hr_set, capsys):
                  '--net', f'name=r,{TINY}', '-o', out)
     err = capsys.readouterr().err
     assert status == 1
-    assert re.search(r'x2\.pth: an x2 ELAN checkpoint, not x4', err)  # the checkpoint of another scale, named
+    assert re.search(r'x2\.pth: an x2 model, not x4', err)  # the checkpoint of another scale, named
     assert f'{root / "LRbicx4" / "bad.png"} is 30x24' in err
     results = json.loads((out / 'results.json').read_text())
     assert [m['name'] for m in results['models']] == ['bicubic', 'portrait', 'r']
@@ -217,3 +217,22 @@ def test_crop_choice():
     for bad in ('1,2,3', '1,2,0,4', 'a,b,c,d'):
         with pytest.raises(ValueError):
             parse_crop(bad)
+
+
+def test_exported_model_beside_its_checkpoint(tmp_path, hr_set):
+    """An ``elan export`` ONNX model runs through its runtime and gives the checkpoint's figures (float32 rounding
+    can move a few pixels by one level: well under 0.05 dB here)."""
+    pytest.importorskip('onnxruntime')
+    from elan_arch.deploy.checkpoint import load_checkpoint
+    from elan_arch.deploy.onnx_export import export_onnx
+
+    weights = checkpoint(tmp_path / 'w.pth')
+    net, config, _ = load_checkpoint(str(weights))
+    export_onnx(net.eval(), tmp_path / 'w.onnx', config)
+    out = tmp_path / 'out'
+    assert run('-i', hr_set, '--scale', 4, '-m', f'torch={weights}', '-m', f'onnx={tmp_path / "w.onnx"}',
+               '--figures', 0, '-o', out) == 0
+    results = json.loads((out / 'results.json').read_text())
+    assert 'onnxruntime' in results['models'][2]['about'] and results['models'][2]['params'] is None
+    for img in results['sets'][0]['images']:
+        assert img['metrics']['onnx']['psnr'] == pytest.approx(img['metrics']['torch']['psnr'], abs=0.05)
