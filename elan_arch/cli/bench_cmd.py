@@ -1,17 +1,19 @@
 """``elan bench``: the command line of :mod:`elan_arch.bench` (inference latency, the paper's ablation
-variants with ``--ablation``, or training steps with ``--train``); the measurements themselves are in
-:mod:`elan_arch.bench.inference` and :mod:`elan_arch.bench.training`, the models in :mod:`elan_arch.bench.models`."""
+variants with ``--ablation``, the runtimes with ``--backends``, or training steps with ``--train``); the
+measurements themselves are in :mod:`elan_arch.bench.inference`, :mod:`elan_arch.bench.backends` and
+:mod:`elan_arch.bench.training`, the models in :mod:`elan_arch.bench.models`."""
 from __future__ import annotations
 
 import argparse
 import datetime
 import platform
 from pathlib import Path
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 
 from elan_arch.archs import window_kernels
+from elan_arch.bench.backends import BACKENDS
 from elan_arch.bench.models import (ABLATION_MODELS, ABLATION_REFERENCE, MODELS, OPTIONAL_MODELS, TRAIN_MODELS,
                                     build_model)
 from elan_arch.utils.errors import ElanError
@@ -38,6 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         'LFE, single window sizes, standard attention, no or more sharing, no shifted windows), all on '
                         'the reference arithmetic, with ELAN-light on both paths and SwinIR-light as the anchor '
                         '(writes bench_ablation_<device>_x<scale>_<size>.md/.png; not with --models or --train)')
+    parser.add_argument('--backends', type=backend_list, metavar='NAME,...',
+                        help='measure ELAN-light through these runtimes instead (comma-separated; '
+                        f'{", ".join(BACKENDS)}; "all" for every one): latency, speed-up against SwinIR-light in '
+                        'PyTorch float32 and against PyTorch float32, and the output difference to PyTorch float32 '
+                        'in 8-bit levels on a real photo, in one interleaved run (CPU; writes '
+                        'bench_backends_cpu_x<scale>_<size>.md; a runtime that is not installed is reported with '
+                        'its pip line)')
     parser.add_argument('--models', nargs='+', choices=list(MODELS),
                         help=f'models to measure (default: all but {", ".join(OPTIONAL_MODELS)}: the ONNX export of '
                         'ELAN-light run by onnxruntime, CPU float32 only, and ELAN\'s reference arithmetic; '
@@ -60,6 +69,73 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument('--loader-batches', type=int, default=20, help='batches the loader is timed on (default: 20)')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     parser.set_defaults(func=run)
+
+
+def backend_list(text: str) -> List[str]:
+    """``'torch,onnxruntime'`` -> their names (``'all'``: every registered backend); argparse's error otherwise."""
+    names = list(BACKENDS) if text.strip() == 'all' else [n.strip() for n in text.split(',') if n.strip()]
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f'unknown backend(s) {", ".join(unknown) or "(none given)"}; '
+                                         f'choose from {", ".join(BACKENDS)} or all')
+    return list(dict.fromkeys(names))
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+    try:
+        with open('/proc/cpuinfo') as info:
+            for line in info:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_backends(args: argparse.Namespace, size: Tuple[int, int], where: str) -> int:
+    """``elan bench --backends``: the runtimes' table (:mod:`elan_arch.bench.backends`)."""
+    from elan_arch.archs.elan_arch import ELAN, ELAN_VARIANTS
+    from elan_arch.bench.backends import markdown_backends, measure_backends
+    from elan_arch.utils.fileio import atomic_path, check_output_free
+
+    used = [opt for opt, on in (('--train', args.train), ('--ablation', args.ablation), ('--models', args.models),
+                                ('--half', args.half), ('--compile', args.compile),
+                                ('--device ' + args.device, args.device not in ('cpu', 'auto'))) if on]
+    if used:
+        raise ElanError(f'--backends measures ELAN-light in float32 through each runtime on the CPU: leave out '
+                        f'{", ".join(used)}')
+    md_path = args.output_dir / f'bench_backends_cpu_x{args.scale}_{size[0]}x{size[1]}.md'
+    check_output_free(md_path, args.force)
+    torch.manual_seed(0)
+    net = ELAN(upscale=args.scale, **ELAN_VARIANTS['ELAN-light'])
+    results, anchor = measure_backends(args.backends, net, build_model('swinir-light', args.scale), size,
+                                       torch.get_num_threads(), args.runs, args.warmup, not args.quiet)
+    setup = (f'ELAN-light x{args.scale}, LR input {size[0]}x{size[1]} (a crop of scikit-image\'s astronaut photo), '
+             f'batch 1, {where}; {datetime.date.today()}; median of {args.runs} runs after {args.warmup} warm-up, '
+             f'backends interleaved; differences against PyTorch float32 in 8-bit levels; torch {torch.__version__}'
+             f'{_versions()}; command: `elan bench --backends {",".join(args.backends)} --scale {args.scale} '
+             f'--size {args.size}{f" --threads {args.threads}" if args.threads else ""} --runs {args.runs} '
+             f'--warmup {args.warmup}`')
+    table = markdown_backends(results, anchor, setup)
+    print(table)
+    with atomic_path(md_path, overwrite=args.force) as tmp:
+        tmp.write_text(table)
+    print(f'wrote {md_path}')
+    return 1 if any(r.error is not None and not r.error.startswith('unavailable') for r in results + [anchor]) else 0
+
+
+def _versions() -> str:
+    """``, onnxruntime 1.x, ...`` for the runtimes installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for dist in ('onnxruntime', 'openvino', 'ncnn'):
+        try:
+            found.append(f'{dist} {version(dist)}')
+        except PackageNotFoundError:
+            pass
+    return ''.join(f', {v}' for v in found)
 
 
 def parse_size(text: str) -> Tuple[int, int]:
@@ -135,7 +211,9 @@ def run(args: argparse.Namespace) -> int:
     if device.type == 'cuda':
         where = torch.cuda.get_device_name(device)
     else:
-        where = f'CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads'
+        where = f'CPU ({cpu_name()}), {torch.get_num_threads()} threads'
+    if args.backends:
+        return run_backends(args, size, where)
     if args.train:
         return run_training(args, device, where)
     args.models = ABLATION_MODELS if args.ablation else args.models or [

@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     checks = ' and '.join('x'.join(map(str, s)) for s in VERIFY_SHAPES)
     parser = subparsers.add_parser(
-        'export', help='export an ELAN checkpoint to ONNX (checked with onnxruntime)',
+        'export',
         description='Export any ELAN checkpoint this package reads (BasicSR, the authors\', traiNNer-redux, '
         f'safetensors, bare state_dict) to ONNX opset {OPSET}: input "input" (batch, 3, H, W) RGB in [0, 1], output '
         '"output" (batch, 3, H*scale, W*scale); batch, height and width are dynamic and the padding to the '
@@ -23,7 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f'PyTorch at input shapes {checks} (batch x H x W, not the traced one); if the largest difference exceeds '
         f'--tolerance (default {TOLERANCE[torch.float32]:g} for float32, '
         f'{TOLERANCE[torch.float16]:g} for float16), the '
-        'command fails with the measured difference and writes nothing. OUT is written atomically.')
+        'command fails with the measured difference and writes nothing. OUT is written atomically. '
+        'With --shape or --tile the input shape is fixed instead, every shape computation folded into constants '
+        '(for vs-mlrt, TensorRT, ncnn), and the check runs at that shape. The graph is written for runtimes '
+        '(window gathers instead of rolls, tensors of rank <= 4, BatchNorm folded) and simplified by onnxsim; '
+        'docs/deployment.md has the settings for chaiNNer and vs-mlrt.')
     parser.add_argument('weights', help='ELAN checkpoint (.pth/.pt/.safetensors)')
     parser.add_argument('out', help='ONNX model to write (.onnx)')
     parser.add_argument('--half', action='store_true', help='float16 model (float16 input and output)')
@@ -31,6 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--dynamo', action='store_true',
                         help='use the torch.export-based exporter (opset >= 18; much slower to export) instead of '
                         'the TorchScript-based one')
+    fixed = parser.add_mutually_exclusive_group()
+    fixed.add_argument('--shape', metavar='BxCxHxW',
+                       help='fixed input shape, e.g. 1x3x256x256 (default: dynamic batch, height and width)')
+    fixed.add_argument('--tile', type=int, metavar='N', help='fixed input shape 1x3xNxN: one tile of vs-mlrt or '
+                       'another tiling runtime (a multiple of 16, the window multiple, wastes no padding)')
     parser.add_argument('--tolerance', type=float, metavar='D',
                         help='largest accepted max |onnxruntime - PyTorch| on [0, 1] outputs (default: '
                         f'{TOLERANCE[torch.float32]:g}, with --half {TOLERANCE[torch.float16]:g}: '
@@ -44,15 +53,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from elan_arch.cli.options import network_overrides
     from elan_arch.deploy.checkpoint import load_checkpoint
-    from elan_arch.deploy.onnx_export import export_onnx
+    from elan_arch.deploy.onnx_export import export_onnx, parse_shape
     from elan_arch.utils.fileio import check_output_free
 
     if args.tolerance is not None and not args.tolerance >= 0:
         raise ElanError(f'--tolerance {args.tolerance}: must be >= 0')
     check_output_free(args.out, args.force)  # before the export's work
+    if args.tile is not None and args.tile < 1:
+        raise ElanError(f'--tile {args.tile}: must be a positive tile size (e.g. 256)')
     net, config, source = load_checkpoint(args.weights, unsafe=args.unsafe_load, overrides=network_overrides(args))
+    colors = net.head[0].in_channels
+    shape = parse_shape(args.shape, colors) if args.shape else (1, args.tile, args.tile) if args.tile else None
     print(f'exporting {args.weights} ({source} checkpoint) to ONNX...', flush=True)
     result = export_onnx(net, args.out, config, half=args.half, opset=args.opset, dynamo=args.dynamo,
-                         overwrite=args.force, tolerance=args.tolerance)
+                         overwrite=args.force, tolerance=args.tolerance, shape=shape)
     print(f'wrote {result.summary()}')
     return 0
