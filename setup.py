@@ -31,12 +31,14 @@ setup(
         'safetensors',
     ],
     extras_require={
-        # `elan export` and `elan upscale --onnx` (onnxscript: the torch.export-based exporter, --dynamo)
-        'onnx': ['onnx', 'onnxruntime', 'onnxscript'],
+        # `elan export` and `elan upscale --onnx` (onnxscript: the torch.export-based exporter, --dynamo;
+        # onnxsim: the export's simplification)
+        'onnx': ['onnx', 'onnxruntime', 'onnxscript', 'onnxsim'],
         # `import elan_arch.spandrel_support`: ELAN in spandrel (chaiNNer, ComfyUI)
         'spandrel': ['spandrel'],
         # playwright drives Debian's chromium (make install-browser) in the page's browser test; no browser download
-        'test': ['pytest>=7', 'pytest-timeout', 'ruff', 'onnx', 'onnxruntime', 'onnxscript', 'spandrel', 'playwright'],
+        'test': ['pytest>=7', 'pytest-timeout', 'ruff', 'onnx', 'onnxruntime', 'onnxscript', 'onnxsim', 'spandrel',
+                 'playwright'],
     },
     entry_points={
         'console_scripts': [
