@@ -20,6 +20,8 @@ def _crop(text: str):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from elan_arch.cli.options import add_network_options
+
     parser = subparsers.add_parser(
         'compare', help='compare models on test sets: web page, figures, CSV',
         description='Run two or more super-resolution models (bicubic, ELAN checkpoints of any format, exported '
@@ -55,12 +57,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--tile-overlap', type=int, default=32, metavar='M', help='tile overlap in LR pixels')
     parser.add_argument('--device', default='auto', help='cpu, cuda or cuda:N (default: cuda if available)')
     parser.add_argument('--half', action='store_true', help='float16 networks (CUDA only)')
+    add_network_options(parser, 'each ELAN checkpoint of -m')
     parser.add_argument('--force', action='store_true', help='replace the output folder if it exists')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from elan_arch.cli.options import network_overrides
     from elan_arch.compare.runner import CompareOptions, compare
     from elan_arch.utils.errors import ElanError
 
@@ -71,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     options = CompareOptions(args.input, args.scale, args.models, args.output, args.device, args.half, args.tile,
                              args.tile_overlap, args.crop, args.figures, args.force, args.quiet,
                              command=shlex.join(['elan', *sys.argv[1:]]) if sys.argv[1:2] == ['compare'] else
-                             'elan compare')
+                             'elan compare', overrides=network_overrides(args))
     outcome = compare(options)
     page = outcome.output / 'index.html'
     for test_set in outcome.results['sets']:

@@ -36,6 +36,9 @@ class RunSettings:
     dtype: Any
     tile: int = 0
     overlap: int = 32
+    #: What ``--opt``/``--window-sizes``/... say about the ELAN checkpoints
+    #: (:func:`elan_arch.cli.options.network_overrides`).
+    overrides: Optional[Dict[str, Any]] = None
 
 
 @dataclass
@@ -147,14 +150,15 @@ def _backend_network(spec: ModelSpec, scale: int, settings: RunSettings):
         load_backend = None
     kind = 'weights' if spec.kind == 'checkpoint' else spec.kind
     if load_backend is not None:
-        half = {'half': settings.dtype == torch.float16} if kind == 'weights' else {}
-        backend = load_backend(**{kind: str(spec.path)}, device=str(settings.device), **half)
+        extra = {'half': settings.dtype == torch.float16, 'overrides': settings.overrides} if kind == 'weights' else {}
+        backend = load_backend(**{kind: str(spec.path)}, device=str(settings.device), **extra)
         net, model_scale, where = backend.net, backend.scale, backend.where
     elif kind == 'weights':
         from elan_arch.deploy.checkpoint import load_network_from_checkpoint
         from elan_arch.inference.upscale import prepare_network
 
-        net = prepare_network(load_network_from_checkpoint(str(spec.path)), settings.device, settings.dtype)
+        net = prepare_network(load_network_from_checkpoint(str(spec.path), overrides=settings.overrides),
+                              settings.device, settings.dtype)
         model_scale, where = net.upscale, 'PyTorch'
     elif kind == 'onnx':
         from elan_arch.deploy.onnx_runtime import OnnxNetwork
@@ -168,7 +172,7 @@ def _backend_network(spec: ModelSpec, scale: int, settings: RunSettings):
                         f'(or run with --scale {model_scale})')
     params = sum(p.numel() for p in net.parameters()) if isinstance(net, torch.nn.Module) else None
     what = 'ELAN checkpoint' if kind == 'weights' else f'{spec.kind} model'
-    return net, f'{what} {spec.path.name} ({where})', params
+    return net, f'{what} {spec.path.name}, {where}', params
 
 
 def load_model(spec: ModelSpec, name: str, scale: int, settings: RunSettings) -> Model:

@@ -52,6 +52,7 @@ class CompareOptions:
     force: bool = False
     quiet: bool = False
     command: str = ''
+    overrides: Optional[Dict[str, Any]] = None
 
 
 @dataclass
@@ -248,7 +249,7 @@ def compare(options: CompareOptions) -> Outcome:
     check_output_free(options.output, options.force)
     sets = find_sets(options.inputs, options.scale)
     device, dtype = select_device(options.device, options.half)
-    settings = RunSettings(device, dtype, options.tile, options.overlap)
+    settings = RunSettings(device, dtype, options.tile, options.overlap, options.overrides or None)
     problems: List[str] = []
     models = load_models(options.models, options.scale, settings, problems)
     keys: Dict[str, str] = {}
