@@ -11,8 +11,10 @@ basicsr run starts with an empty queue and whatever the generators hold after st
 * :func:`gathered_states` / :func:`restore`: every process's queue (pairs, pointer) and stream go into
   the training state's ``realworld`` entry (one per rank, gathered on rank 0) and come back on resume,
   so a resumed run degrades exactly as the uninterrupted one would have. The queue is the larger part:
-  ``queue_size x 3 x (gt_size^2 + (gt_size/scale)^2)`` float32 per process (about 150 MB at BasicSR's
-  180 pairs of 256 pixels at x4).
+  ``queue_size x 3 x (gt_size^2 + (gt_size/scale)^2)`` values per process, stored as 8-bit where that is
+  exact (the degraded inputs; the HR crops of Real-ESRGAN, not the USM-sharpened ones of Real-ESRNet's
+  ``gt_usm``), else float32: at BasicSR's 180 pairs of 256 pixels at x4, about 150 MB per process for
+  Real-ESRNet and 38 MB for Real-ESRGAN.
 
 What a resume cannot restore is said in the log: a state without the entry (written by basicsr
 itself), another number of processes (ranks without a saved entry start with an empty queue and
@@ -80,11 +82,28 @@ class DegradationStream:
             put(outside, device)
 
 
+def pack(images: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """``{'uint8': images * 255}`` on the CPU when that holds them exactly (the degraded inputs, which basicsr
+    rounds to multiples of 1/255, and unsharpened HR crops of 8-bit images), else ``{'float32': images}``."""
+    levels = (images * 255.).round().clamp_(0, 255)
+    if torch.equal(levels / 255., images):
+        return {'uint8': levels.to(torch.uint8).cpu()}
+    return {'float32': images.cpu()}
+
+
+def unpack(packed: Dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The float32 images :func:`pack` was given, on ``device``."""
+    if 'uint8' in packed:
+        return packed['uint8'].to(device).float() / 255.
+    return packed['float32'].to(device)
+
+
 def local_state(model: Any) -> Dict[str, Any]:
-    """This process's ``{'stream': generators' state or None, 'queue': {'lr', 'gt', 'ptr'} or None}`` (CPU)."""
+    """This process's ``{'stream': generators' state or None, 'queue': {'lr', 'gt', 'ptr'} or None}`` (CPU;
+    the queue's images :func:`pack`-ed)."""
     queue = None
     if hasattr(model, 'queue_lr'):
-        queue = {'lr': model.queue_lr.cpu(), 'gt': model.queue_gt.cpu(), 'ptr': int(model.queue_ptr)}
+        queue = {'lr': pack(model.queue_lr), 'gt': pack(model.queue_gt), 'ptr': int(model.queue_ptr)}
     stream = getattr(model, 'degradation_stream', None)
     return {'stream': None if stream is None else stream.state, 'queue': queue}
 
@@ -130,15 +149,13 @@ def restore(model: Any, entries: Optional[List[Dict[str, Any]]]) -> None:
     if queue is None:
         return
     gt_size, scale = model.opt.get('gt_size'), model.opt.get('scale')
-    if (queue['lr'].shape[0] != model.queue_size or tuple(queue['gt'].shape[-2:]) != (gt_size, gt_size)
-            or not scale or tuple(queue['lr'].shape[-2:]) != (gt_size // scale, gt_size // scale)):
-        warn(f'the saved training-pair queue holds {queue["lr"].shape[0]} pairs of {tuple(queue["gt"].shape[-2:])} '
-              f'pixels, the options ask for queue_size {model.queue_size} of gt_size {gt_size}: it refills from '
-              'empty')
+    lr, gt = unpack(queue['lr'], model.device), unpack(queue['gt'], model.device)
+    if (lr.shape[0] != model.queue_size or tuple(gt.shape[-2:]) != (gt_size, gt_size)
+            or not scale or tuple(lr.shape[-2:]) != (gt_size // scale, gt_size // scale)):
+        warn(f'the saved training-pair queue holds {lr.shape[0]} pairs of {tuple(gt.shape[-2:])} pixels, the '
+             f'options ask for queue_size {model.queue_size} of gt_size {gt_size}: it refills from empty')
         return
-    model.queue_lr = queue['lr'].to(model.device)
-    model.queue_gt = queue['gt'].to(model.device)
-    model.queue_ptr = queue['ptr']
+    model.queue_lr, model.queue_gt, model.queue_ptr = lr, gt, queue['ptr']
 
 
 def fits_batch(model: Any, batch: int) -> bool:

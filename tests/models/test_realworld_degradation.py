@@ -154,7 +154,9 @@ def test_a_resumed_model_degrades_as_the_uninterrupted_one(batches, tmp_path):
     continued = degrade(model, batches[2:])
 
     state = torch.load(tmp_path / '2.state')  # weights_only, as the resume of the basicsr command reads it
-    assert state['iter'] == 2 and len(state['realworld']) == 1 and state['realworld'][0]['queue']['ptr'] == 4
+    queue = state['realworld'][0]['queue']
+    assert state['iter'] == 2 and len(state['realworld']) == 1 and queue['ptr'] == 4
+    assert queue['lr']['uint8'].shape == (4, 3, 16, 16) and queue['gt']['float32'].shape == (4, 3, 64, 64)
     seed(0)
     resumed = RealELANNetModel(copy.deepcopy(opt))
     seed(11)  # another process state: the stream is what matters
@@ -185,6 +187,15 @@ def test_a_state_without_realworld_entries_resumes_with_a_warning(batches, monke
     assert len(warnings) == 1 and 'holds no training-pair queue' in warnings[0]
     model.feed_data(batches[0])
     assert model.lq.shape == (2, 3, 16, 16) and model.queue_ptr == 2
+
+
+def test_queue_images_are_stored_as_8_bit_only_where_that_is_exact():
+    from elan_arch.models.realworld_state import pack, unpack
+
+    levels = torch.randint(0, 256, (2, 3, 8, 8)).float() / 255.
+    assert set(pack(levels)) == {'uint8'} and torch.equal(unpack(pack(levels), torch.device('cpu')), levels)
+    sharpened = levels + 1e-3
+    assert set(pack(sharpened)) == {'float32'} and torch.equal(unpack(pack(sharpened), torch.device('cpu')), sharpened)
 
 
 def test_filter2d_fix_keeps_basicsrs_values_and_accepts_channels_last():

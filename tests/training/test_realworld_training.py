@@ -67,8 +67,9 @@ def test_stage_1_trains_on_the_cpu_and_saves_its_queue_and_degradation_stream(ro
     assert {'params', 'params_ema'} <= set(net_run['net'])
     state = torch.load(root / 'experiments' / 'net' / 'training_states' / f'{ITERS}.state')  # weights_only
     (entry, ) = state['realworld']
-    assert entry['queue']['ptr'] == 2 and entry['queue']['lr'].shape == (2, 3, 16, 16)
-    assert entry['queue']['gt'].shape == (2, 3, 64, 64) and entry['stream'] is not None
+    # the degraded inputs are multiples of 1/255 and stored as 8-bit; the USM-sharpened HR (gt_usm) is not
+    assert entry['queue']['ptr'] == 2 and entry['queue']['lr']['uint8'].shape == (2, 3, 16, 16)
+    assert entry['queue']['gt']['float32'].shape == (2, 3, 64, 64) and entry['stream'] is not None
 
 
 def test_stage_2_trains_from_stage_1_with_the_discriminator_and_perceptual_loss(root, net_run):
@@ -131,7 +132,9 @@ def test_torchrun_two_gloo_processes_train_each_stage(root, net_run, tmp_path, s
     ranks = state['realworld']
     assert len(ranks) == 2 and all(rank['queue']['ptr'] == 2 for rank in ranks)
     # each process degrades its own batches from its own stream (basicsr seeds seed + rank)
-    assert not torch.equal(ranks[0]['queue']['lr'], ranks[1]['queue']['lr'])
+    assert not torch.equal(ranks[0]['queue']['lr']['uint8'], ranks[1]['queue']['lr']['uint8'])
+    # Real-ESRGAN queues the HR crops unsharpened: 8-bit values, stored as such
+    assert ('uint8' if stage == 'gan' else 'float32') in ranks[0]['queue']['gt']
 
 
 def test_a_real_world_run_that_cannot_start_says_why_and_leaves_no_folder(root):
