@@ -1,4 +1,5 @@
-"""ONNX export (elan_arch/deploy/onnx_export.py, ``elan export``) and the onnxruntime backend (``elan upscale --onnx``).
+"""ONNX export (elan_arch/deploy/onnx_export.py and onnx_graph.py, ``elan export``) and the onnxruntime backend
+(``elan upscale --onnx``).
 
 Networks have BatchNorm statistics measured on a photo (``calibrated``), as trained ones do;
 the full-size ELAN-light x4 and ELAN x2 are exported once per module in float32 and float16.
@@ -160,6 +161,87 @@ def test_dynamo_exporter_gives_the_same_model(tmp_path):
     x = smooth_images(1, 3, 7, 30, seed=1)
     with torch.no_grad():
         assert (OnnxNetwork(result.path)(x) - net(x)).abs().max() < 1e-4
+
+
+def _ranks_and_roll_chains(model):
+    """Ranks of every tensor the model's shape inference knows, the Concat nodes fed only by Slices of one
+    tensor (how torch.roll exports: Slice + Slice + Concat per axis), and the Transposes of float tensors (the
+    dynamic graph also transposes its window orders' indices)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in values if v.type.tensor_type.HasField('shape')}
+    types = {v.name: v.type.tensor_type.elem_type for v in values}
+    transposes = [n for n in model.graph.node
+                  if n.op_type == 'Transpose' and types[n.input[0]] == onnx.TensorProto.FLOAT]
+    ranks.update({t.name: len(t.dims) for t in model.graph.initializer})
+    producer = {out: node for node in model.graph.node for out in node.output}
+    rolls = [n.name for n in model.graph.node if n.op_type == 'Concat' and len(n.input) > 1
+             and all(i in producer and producer[i].op_type == 'Slice' for i in n.input)
+             and len({producer[i].input[0] for i in n.input}) == 1]
+    return ranks, rolls, len(transposes)
+
+
+@pytest.mark.parametrize('fixed', [False, True])
+def test_graph_is_written_for_runtimes(tmp_path, fixed):
+    # two ELABs: an unshifted and a shifted one (the one the reference rolls), one sharing GMSA each
+    net = calibrated(ELAN(upscale=2, **TINY), to_tensor(photo(32, 32)))
+    shape = (1, 19, 13) if fixed else None  # odd, padded on both axes
+    result = export_onnx(net, tmp_path / 'm.onnx', {}, shape=shape)
+    assert all(d < TOLERANCE[torch.float32] for _, d in result.diffs)
+    assert [s for s, _ in result.diffs] == ([(1, 3, 19, 13)] if fixed else [(b, 3, h, w) for b, h, w in VERIFY_SHAPES])
+    model = onnx.load(str(result.path))
+    ranks, rolls, transposes = _ranks_and_roll_chains(model)
+    assert ranks and max(ranks.values()) <= 4 and not rolls
+    ops = [n.op_type for n in model.graph.node]
+    gmsas, groups = TINY['m_elan'], len(net.window_sizes)
+    # the maps are computed once per ELAB and reused by its sharing GMSA; BatchNorm is folded
+    assert ops.count('Softmax') == gmsas // (1 + TINY['n_share']) * groups and 'BatchNormalization' not in ops
+    # per GMSA: pixels to rows and back, and the computing ones' Q^T (fused into the product by runtimes)
+    assert transposes <= 2 * gmsas + ops.count('Softmax')
+    dims = [[d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
+            for v in (model.graph.input[0], model.graph.output[0])]
+    meta = {p.key: p.value for p in model.metadata_props}
+    if fixed:  # every shape computation folded: no Shape node left
+        assert dims == [[1, 3, 19, 13], [1, 3, 38, 26]] and 'Shape' not in ops and meta['elan.shape'] == '1x3x19x13'
+        runtime = OnnxNetwork(result.path)
+        with pytest.raises(ElanError, match=r'exported for inputs of shape 1x3x19x13 only, got 1x3x16x16'):
+            runtime(torch.zeros(1, 3, 16, 16))
+    else:
+        assert dims == [['batch', 3, 'height', 'width'], ['batch', 3, 'out_height', 'out_width']]
+        assert meta['elan.shape'] == 'dynamic'
+
+
+def test_fixed_tile_export_matches_pytorch_on_tiles(tmp_path, capsys):
+    net = calibrated(ELAN(upscale=2, **TINY), to_tensor(photo(32, 32)))
+    weights = tmp_path / 'tiny.pth'
+    torch.save({'params': net.state_dict()}, weights)
+    out = tmp_path / 'tile32.onnx'
+    assert main(['export', str(weights), str(out), '--tile', '32']) == 0
+    assert re.search(r'max \|diff\| \S+ at 1x3x32x32 ', capsys.readouterr().out)
+    runtime = OnnxNetwork(out)
+    assert runtime.fixed_shape == (1, 3, 32, 32)
+    for top, left in ((0, 0), (100, 7), (200, 301)):  # tiles of a photo, as a tiling runtime cuts them
+        x = to_tensor(photo(32, 32, top=top, left=left))
+        with torch.no_grad():
+            assert (runtime(x) - net(x)).abs().max() < TOLERANCE[torch.float32], (top, left)
+    assert main(['export', str(weights), str(tmp_path / 'b.onnx'), '--shape', '1x4x8x8']) == 2
+    assert "--shape '1x4x8x8': expected BATCHx3xHEIGHTxWIDTH" in capsys.readouterr().err
+    assert main(['export', str(weights), str(tmp_path / 'b.onnx'), '--shape', '2x3x8', '--force']) == 2
+    assert main(['export', str(weights), str(tmp_path / 'b.onnx'), '--tile', '0']) == 2
+    assert '--tile 0: must be a positive tile size' in capsys.readouterr().err
+
+
+def test_session_settings_follow_pytorch(monkeypatch, tmp_path):
+    from elan_arch.deploy.onnx_runtime import session_options
+    import onnxruntime as ort
+
+    monkeypatch.setenv('OMP_WAIT_POLICY', 'PASSIVE')
+    options = session_options(ort)
+    assert options.intra_op_num_threads == torch.get_num_threads() and options.inter_op_num_threads == 1
+    assert options.get_session_config_entry('session.intra_op.allow_spinning') == '0'
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    monkeypatch.delenv('OMP_WAIT_POLICY')
+    assert session_options(ort, threads=1).get_session_config_entry('session.intra_op.allow_spinning') == '1'
 
 
 def test_missing_extra_is_named(monkeypatch):
