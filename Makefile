@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: install install-test install-browser demo lint test test-fast
+.PHONY: install install-test install-browser demo demo-realworld lint test test-fast
 
 # basicsr 1.4.2 ships only an sdist whose build requirements name an unpinned torch:
 # pip's isolated build would download the newest torch (GBs) just to build it. So torch and
@@ -19,6 +19,10 @@ install-test: install
 
 demo: install
 	$(PYTHON) -m elan_arch.demo
+
+# ELAN-light in BasicSR's Real-ESRNet pipeline on degraded photos (docs/realworld.md, "The demo").
+demo-realworld: install
+	$(PYTHON) -m elan_arch.demo --realworld
 
 # Lint (ruff.toml: pyflakes and pycodestyle at 120 columns); part of `make test`, so CI runs it.
 lint: install-test
