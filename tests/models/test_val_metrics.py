@@ -3,6 +3,7 @@ with NIQE beside a paired set with PSNR; LPIPS only when its package and weights
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,6 +17,7 @@ from elan_arch.utils.errors import ElanError
 from helpers.data import photo_like, reference_lr, write
 from helpers.train import TEST_ENV, ok, run_python
 
+REPO = Path(__file__).resolve().parents[2]
 NETWORK = {'type': 'ELAN', 'upscale': 4, 'colors': 3, 'c_elan': 24, 'm_elan': 2, 'n_share': 0, 'r_expand': 2,
            'window_sizes': [4, 8, 16], 'img_range': 255.}
 
@@ -102,3 +104,22 @@ def test_lpips_with_the_package_and_weights_in_place(monkeypatch, tmp_path):
     noisy = np.clip(img + np.random.default_rng(0).normal(0, 20, img.shape), 0, 255).astype(np.uint8)
     assert val_metrics.calculate_lpips(img, img, 4) == pytest.approx(0, abs=1e-6)
     assert val_metrics.calculate_lpips(noisy, img, 4) > 1e-3
+
+
+def test_the_shipped_real_photo_test_file(tmp_path):
+    """options/realworld/test_ELAN_light_realworld_x4.yml on a folder of photos (paths changed only): NIQE per set,
+    PSNR/SSIM skipped, SR images of the photos' size x4 (weights: a random ELAN-light saved as params_ema)."""
+    from basicsr.archs import build_network
+
+    opt = yaml.safe_load((REPO / 'options' / 'realworld' / 'test_ELAN_light_realworld_x4.yml').read_text())
+    torch.manual_seed(0)
+    torch.save({'params_ema': build_network(dict(opt['network_g'])).state_dict()}, tmp_path / 'net.pth')
+    write(tmp_path / 'photos' / 'a.jpg', photo_like(70, 90, 1))
+    out = ok(run_python(['-m', 'elan_arch.cli.basicsr_cmd', 'test', '-opt', str(REPO / 'options' / 'realworld' /
+                         'test_ELAN_light_realworld_x4.yml'), '--force_yml', 'datasets:test_1:dataroot_lq=photos',
+                         'path:pretrain_network_g=net.pth'], tmp_path, TEST_ENV))
+    assert 'real_photos has no ground truth (SingleImageDataset): psnr, ssim skipped there, niqe computed' in out
+    assert re.search(r'Validation real_photos\n\s+# niqe: [\d.]+', out)
+    sr = cv2.imread(str(tmp_path / 'results' / opt['name'] / 'visualization' / 'real_photos' /
+                        f'a_{opt["name"]}.png'))
+    assert sr.shape == (280, 360, 3)
