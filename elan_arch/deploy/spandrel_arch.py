@@ -12,7 +12,8 @@ decides: from the file's record, else the option file of its BasicSR run folder,
 with the window sizes and shifted windows assumed and said so (one line on stderr). spandrel hands
 architectures the weights only, so :func:`install` also makes ``ModelLoader.load_state_dict_from_file``
 return, for an ELAN's file, a :class:`FileStateDict`: the same weights plus the file's path and record.
-Detection needs keys only ELAN's module tree has, so spandrel's own architectures are detected as before.
+Detection needs keys only ELAN's module tree has (any of its ablation variants' LFE and attention), so
+spandrel's own architectures are detected as before.
 
 spandrel unpickles ``.pth``/``.pt`` files with an allow-list of tensor and ``OrderedDict``
 globals. The authors' checkpoints also hold the optimizer/scheduler state and NumPy scalars
@@ -76,13 +77,15 @@ class ELANArch(Architecture[ELAN]):
     """spandrel ``Architecture`` for ELAN (id ``ELAN``)."""
 
     def __init__(self) -> None:
+        lfe = 'body.0.modules_lfe.lfe_0.'
         super().__init__(id='ELAN', name='ELAN', detect=KeyCondition.has_all(
             'head.0.weight',
-            'body.0.modules_lfe.lfe_0.conv0.shift_conv.weight',
-            'body.0.modules_lfe.lfe_0.conv0.shift_conv.conv1x1.weight',
-            'body.0.modules_lfe.lfe_0.conv1.shift_conv.conv1x1.weight',
+            KeyCondition.has_any(  # the LFE: shift-convolutions, their 1x1 convolutions alone, or 3x3 convolutions
+                KeyCondition.has_all(lfe + 'conv0.shift_conv.conv1x1.weight', lfe + 'conv1.shift_conv.conv1x1.weight'),
+                KeyCondition.has_all(lfe + 'conv0.weight', lfe + 'conv1.weight')),
             'body.0.modules_gmsa.gmsa_0.project_inp.0.weight',
-            'body.0.modules_gmsa.gmsa_0.project_inp.1.running_var',
+            KeyCondition.has_any(  # ASA's BatchNorm or standard attention's LayerNorm
+                'body.0.modules_gmsa.gmsa_0.project_inp.1.running_var', 'body.0.modules_gmsa.gmsa_0.norm.weight'),
             'body.0.modules_gmsa.gmsa_0.project_out.weight',
             'tail.0.weight',
         ))

@@ -55,11 +55,16 @@ def test_options_without_a_trace_in_the_weights_come_from_the_caller_or_the_file
     net = trained(name)
     src = save_basicsr(net, tmp_path / 'net_g.pth')
     x = torch.rand(1, 3, 20, 24, generator=torch.Generator().manual_seed(1))
+    notes = []
     with torch.no_grad():
         expected = net(x)
-        # a BasicSR .pth records no configuration: read as the reference's windows unless told
-        assert not torch.allclose(load_network_from_checkpoint(src)(x), expected)
-        assert torch.equal(load_network_from_checkpoint(src, **option)(x), expected)
+        # a bare BasicSR .pth records no configuration: read as the reference's windows, and said so, unless told
+        assert not torch.allclose(load_network_from_checkpoint(src, announce=notes.append)(x), expected)
+        assert notes == [f'{src}: assumed window_sizes [4, 8, 16] and shifted windows: the weights cannot tell; pass '
+                         '--window-sizes / --no-shift-windows or --opt FILE if the network was trained otherwise']
+        told = dict(window_sizes=[4, 8, 16], shift_windows=True, **option)
+        assert torch.equal(load_network_from_checkpoint(src, announce=notes.append, **told)(x), expected)
+        assert len(notes) == 1
     dst = tmp_path / 'net_g.safetensors'
     config = convert_checkpoint(src, str(dst), **option)  # this package's safetensors records them
     assert {k: config[k] for k in option} == option
