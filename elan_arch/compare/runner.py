@@ -111,6 +111,9 @@ def load_models(specs: Sequence[ModelSpec], scale: int, settings: RunSettings,
         except ElanError as err:
             problems.append(f'model {name} left out: {err}')
             print(f'elan compare: {problems[-1]}', file=sys.stderr, flush=True)
+        except Exception as err:  # noqa: BLE001  (any arch's own error: reported, the others still compared)
+            problems.append(f'model {name} left out: {spec.argument}: {one_line(err, 400)}')
+            print(f'elan compare: {problems[-1]}', file=sys.stderr, flush=True)
     if len(models) < 2:
         raise ElanError('fewer than two models to compare (messages above); give -m bicubic -m CHECKPOINT ...')
     return models
@@ -145,7 +148,7 @@ def run_image(models: List[Model], keys: Dict[str, str], hr: np.ndarray, lr: np.
             seconds = time.perf_counter() - start
             if sr.shape != hr.shape:
                 raise ElanError(f'output is {sr.shape[1]}x{sr.shape[0]}, not {hr.shape[1]}x{hr.shape[0]}')
-        except (ElanError, RuntimeError, ValueError, TypeError, MemoryError) as err:
+        except Exception as err:  # noqa: BLE001  (whatever a model raises on one image: reported, the rest goes on)
             errors[model.name] = one_line(err)
             say(model.name, errors[model.name])
             advance()
