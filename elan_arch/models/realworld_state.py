@@ -13,7 +13,7 @@ basicsr run starts with an empty queue and whatever the generators hold after st
   so a resumed run degrades exactly as the uninterrupted one would have. The queue is the larger part:
   ``queue_size x 3 x (gt_size^2 + (gt_size/scale)^2)`` values per process, stored as 8-bit where that is
   exact (the degraded inputs; the HR crops of Real-ESRGAN, not the USM-sharpened ones of Real-ESRNet's
-  ``gt_usm``), else float32: at BasicSR's 180 pairs of 256 pixels at x4, about 150 MB per process for
+  ``gt_usm``), else float32: at BasicSR's 180 pairs of 256 pixels at x4, about 144 MB per process for
   Real-ESRNet and 38 MB for Real-ESRGAN.
 
 What a resume cannot restore is said in the log: a state without the entry (written by basicsr
