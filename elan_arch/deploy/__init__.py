@@ -4,8 +4,9 @@
   traiNNer-redux, safetensors, bare state_dicts) and the weights and settings it holds;
 * :mod:`~elan_arch.deploy.checkpoint`: the network configuration inferred from the weights, loading
   and ``elan convert``;
-* :mod:`~elan_arch.deploy.onnx_export`: ``elan export`` (any input size, float32/float16, checked
-  against PyTorch with onnxruntime);
+* :mod:`~elan_arch.deploy.onnx_export`: ``elan export`` (any input size or a fixed one, float32/float16,
+  checked against PyTorch with onnxruntime) of :mod:`~elan_arch.deploy.onnx_graph`'s graph, written for
+  runtimes (window gathers, rank <= 4);
 * :mod:`~elan_arch.deploy.onnx_runtime`: an exported model run by onnxruntime as a drop-in network
   (``elan upscale --onnx``);
 * :mod:`~elan_arch.deploy.spandrel_arch`: ELAN in spandrel's registry (``import elan_arch.spandrel_support``).
