@@ -62,7 +62,7 @@ def test_options_without_a_trace_in_the_weights_come_from_the_caller_or_the_file
         assert not torch.allclose(load_network_from_checkpoint(src, announce=notes.append)(x), expected)
         assert notes == [f'{src}: assumed window_sizes [4, 8, 16] and shifted windows: the weights cannot tell; pass '
                          '--window-sizes / --no-shift-windows or --opt FILE if the network was trained otherwise']
-        told = dict(window_sizes=[4, 8, 16], shift_windows=True, **option)
+        told = {'window_sizes': [4, 8, 16], 'shift_windows': True, **option}
         assert torch.equal(load_network_from_checkpoint(src, announce=notes.append, **told)(x), expected)
         assert len(notes) == 1
     dst = tmp_path / 'net_g.safetensors'
