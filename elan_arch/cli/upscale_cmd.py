@@ -1,5 +1,5 @@
-"""``elan upscale -i IN -o OUT --weights W`` (or ``--onnx MODEL.onnx``): super-resolve one image or a folder of
-images to PNG.
+"""``elan upscale -i IN -o OUT --weights W`` (or ``--onnx``/``--openvino``/``--ncnn`` MODEL): super-resolve one
+image or a folder of images to PNG; the model is loaded by :func:`elan_arch.inference.backends.backend_from_args`.
 
 A folder runs as a pipeline (:mod:`elan_arch.inference.pipeline`): the next image is decoded and finished
 ones are encoded and written in background threads while the network runs, and the run ends with its
@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, List, Tuple
+from typing import TYPE_CHECKING, List, Tuple
 
 from elan_arch.utils.errors import ElanError
 
 if TYPE_CHECKING:
     import numpy as np
-    from torch import Tensor
 
     from elan_arch.inference.image_io import Picture
 
@@ -24,24 +23,22 @@ Job = Tuple[Path, Path]  # (input image, output PNG)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from elan_arch.cli.options import add_device_options, add_network_options
+    from elan_arch.inference.backends import add_backend_options
     from elan_arch.inference.upscale import DEFAULT_OVERLAP, DEFAULT_TILE
     from elan_arch.inference.pipeline import default_writers
 
     parser = subparsers.add_parser(
-        'upscale', help='super-resolve images with an ELAN checkpoint',
+        'upscale',
         description='Upscale one image (PNG/JPEG/WebP/...) or every image directly inside a folder to PNG with '
         'an ELAN checkpoint (BasicSR, the authors\', traiNNer-redux or safetensors; variant and scale are read from '
-        'the weights), or with an exported ONNX model through onnxruntime. '
+        'the weights) run by PyTorch (float32, or bfloat16 with --bf16), or with a model exported by `elan export` '
+        'run by onnxruntime, OpenVINO or ncnn. '
         'Large images can be processed in overlapping tiles, blended without seams, so memory depends on the '
         'tile size rather than the image size. Inputs are never overwritten; outputs are written atomically.')
     parser.add_argument('-i', '--input', required=True, type=Path, help='an image file, or a folder of images')
     parser.add_argument('-o', '--output', required=True, type=Path,
                         help='output .png file (or an existing folder) for one image; output folder for a folder')
-    model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument('--weights', help='ELAN checkpoint (.pth/.pt/.safetensors) run by PyTorch')
-    model.add_argument('--onnx', metavar='MODEL.onnx',
-                       help='an `elan export` model run by onnxruntime instead (CPU, or CUDA with onnxruntime-gpu; '
-                       'its dtype is fixed at export, so no --half/--compile)')
+    add_backend_options(parser)
     parser.add_argument('--scale', type=int, help='expected upscale factor: refuse weights of another scale')
     add_network_options(parser, '--weights')
     parser.add_argument('--tile', type=int, nargs='?', const=DEFAULT_TILE, metavar='N',
@@ -159,45 +156,6 @@ def _write(dst: Path, out: np.ndarray, force: bool) -> None:
         raise ElanError(f'{dst}: cannot be written ({err.strerror or err}); check the disk and the folder') from err
 
 
-def load_model(args: argparse.Namespace) -> Tuple[Callable[[Tensor], Tensor], int, int, str]:
-    """The network for ``--weights`` (PyTorch, prepared for ``--device/--half/--compile``) or ``--onnx``
-    (onnxruntime), its scale and padding multiple, and where it runs (for the summary line)."""
-    from elan_arch.cli.options import network_overrides
-    from elan_arch.deploy.checkpoint import load_network_from_checkpoint
-    from elan_arch.inference.upscale import prepare_network, select_device
-
-    if args.onnx:
-        from elan_arch.deploy.onnx_runtime import OnnxNetwork
-
-        if args.half or args.compile or args.fused_attention:
-            raise ElanError('--half/--compile/--fused-attention do not apply to --onnx: the model\'s dtype and '
-                            'operations are fixed at export (elan export --half)')
-        if network_overrides(args) or args.unsafe_load:
-            raise ElanError('--opt/--window-sizes/--shift-windows/--img-range/--unsafe-load do not apply to --onnx: '
-                            'the model was built at export (pass them to elan export)')
-        net = OnnxNetwork(args.onnx, args.device)
-        source, where = args.onnx, f'onnxruntime ({net.providers[0]})'
-    else:
-        device, dtype = select_device(args.device, args.half)
-        net = load_network_from_checkpoint(args.weights, unsafe=args.unsafe_load, overrides=network_overrides(args))
-        source, where = args.weights, str(device)
-        if args.fused_attention:
-            from elan_arch.archs import window_kernels
-
-            reason = window_kernels.unavailable_reason(device)
-            if reason:
-                raise ElanError(f'--fused-attention: cannot run the fused attention kernels: {reason}')
-            net.fused_attention = True
-            where += ', fused attention'
-    if args.scale is not None and net.upscale != args.scale:
-        raise ElanError(f'{source} holds an x{net.upscale} ELAN but --scale {args.scale} was asked; '
-                        f'use an x{args.scale} model or drop --scale')
-    scale, multiple = net.upscale, net.pad_multiple
-    if not args.onnx:
-        net = prepare_network(net, device, dtype, args.compile)
-    return net, scale, multiple, where
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -211,7 +169,10 @@ def run(args: argparse.Namespace) -> int:
     if args.tile_overlap < 0 or (args.io_threads or 0) < 0:
         raise ElanError('--tile-overlap and --io-threads must be >= 0')
     jobs, skipped = plan_jobs(args.input, args.output, args.force)
-    net, scale, multiple, where = load_model(args)
+    from elan_arch.inference.backends import backend_from_args
+
+    backend = backend_from_args(args)
+    net, scale, multiple, where = backend.net, backend.scale, backend.pad_multiple, backend.where
     threads = args.io_threads
     if threads is None:
         threads = default_writers() if placement(net)[0].type == 'cuda' else 0
