@@ -40,7 +40,7 @@ def _has_onednn_linear() -> bool:
 _ONEDNN_LINEAR = _has_onednn_linear()
 
 
-def _plain_ops() -> bool:
+def plain_ops() -> bool:
     """Under ``torch.compile`` or a trace: only standard ops (the compiler fuses them itself)."""
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
@@ -48,7 +48,7 @@ def _plain_ops() -> bool:
 def custom_functions_ok(x: Tensor) -> bool:
     """Whether the fast path's hand-written autograd functions serve ``x``: not under a compiler or a
     trace, and not under autocast (whose precision choices they would bypass), in float32 or float64."""
-    return (not _plain_ops() and not torch.is_autocast_enabled(x.device.type)
+    return (not plain_ops() and not torch.is_autocast_enabled(x.device.type)
             and x.dtype in (torch.float32, torch.float64))
 
 
@@ -126,7 +126,7 @@ def as_convolution(x: Tensor) -> bool:
 def _epilogue(y: Tensor, relu: bool, residual: Optional[Tensor]) -> Tensor:
     """ReLU or ``+ residual`` on a new tensor ``y``: in place, except under a compiler (the
     out-of-place form traces cleaner)."""
-    inplace = not _plain_ops()
+    inplace = not plain_ops()
     if relu:
         y = y.relu_() if inplace else y.relu()
     if residual is not None:

@@ -14,15 +14,17 @@ The hand-written autograd functions follow the rules of :mod:`~elan_arch.archs.f
 """
 from __future__ import annotations
 
+import os
+import time
 from functools import lru_cache
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from elan_arch.archs import window_kernels
-from elan_arch.archs.fast_ops import custom_functions_ok, needs_autograd
+from elan_arch.archs.fast_ops import custom_functions_ok, needs_autograd, plain_ops
 
 # --------------------------------------------------------------------------------------- windows
 
@@ -136,13 +138,68 @@ def _materialise_maps(q: Tensor) -> bool:
     """Whether attention maps are materialised (and shared as maps) rather than computed by
     ``scaled_dot_product_attention`` (and shared as queries, recomputed by the sharing GMSA).
 
-    On the CPU training with maps beats SDPA's flash kernel (whose CPU backward is slow) and
-    inference with SDPA beats maps. On CUDA, SDPA's fused kernels need head sizes that ELAN lacks
+    On the CPU training with maps beats SDPA's flash kernel (whose CPU backward is slow); in inference
+    the faster form depends on the CPU, the window size and the thread count (SDPA's CPU kernel has a
+    cost per window and per thread that small windows do not repay on some CPUs), so it is measured
+    (:func:`cpu_inference_maps`). On CUDA, SDPA's fused kernels need head sizes that ELAN lacks
     (20 in ELAN-light, 60 in ELAN); zero-padded to a multiple of 8 they are accepted but slower than
     maps, as the math fallback is: their tiles are far longer than ELAN's 16- and 64-token windows.
     The measurements: docs/performance.md ("The fast path's operations").
     """
-    return q.is_cuda or torch.is_grad_enabled() or q.dtype == torch.float16
+    if q.is_cuda or torch.is_grad_enabled() or q.dtype == torch.float16:
+        return True
+    return cpu_inference_maps(q)
+
+
+#: ``ELAN_CPU_ATTENTION``: ``maps`` or ``sdpa`` forces the form of CPU inference; unset (or ``auto``): measured.
+ATTENTION_ENV = 'ELAN_CPU_ATTENTION'
+_CPU_FORMS: Dict[Tuple[int, int, torch.dtype, int], bool] = {}
+
+
+def _maps_attention(q: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+    """``softmax(q q^T) @ v`` and the maps, without autograd's functions. float16/bfloat16 inputs: logits,
+    softmax, maps and their product with ``v`` in float32 (ELAN's logits are unscaled: float16 overflows,
+    bfloat16's 8-bit significand would round logits of tens by tenths), the output in ``v``'s dtype."""
+    low = q.dtype in (torch.float16, torch.bfloat16)
+    qf = q.float() if low else q
+    maps = torch.bmm(qf, qf.transpose(1, 2))
+    if plain_ops():
+        maps = maps.softmax(dim=-1)
+    else:  # in place: no second (N, L, L) buffer
+        maps = torch.ops.aten._softmax.out(maps, -1, False, out=maps)
+    return _apply_maps(maps, v), maps
+
+
+def _apply_maps(maps: Tensor, v: Tensor) -> Tensor:
+    """``maps @ v`` in the maps' dtype, returned in ``v``'s."""
+    return torch.bmm(maps, v.to(maps.dtype)).to(v.dtype)
+
+
+def cpu_inference_maps(q: Tensor) -> bool:
+    """Whether CPU inference on windows like ``q`` (N, L, Cq) runs materialised maps rather than SDPA.
+
+    ``ELAN_CPU_ATTENTION=maps|sdpa`` decides; otherwise both forms are timed once per (tokens, channels,
+    dtype, threads), interleaved, on up to 16384 tokens of ``q`` itself: the maps (plus the sharing GMSA's
+    one product with them) against SDPA twice (the sharing GMSA recomputes it). The faster is kept for the
+    process. Both compute the same function.
+    """
+    forced = os.environ.get(ATTENTION_ENV, 'auto').lower()
+    if forced in ('maps', 'sdpa'):
+        return forced == 'maps'
+    key = (q.shape[1], q.shape[2], q.dtype, torch.get_num_threads())
+    if key not in _CPU_FORMS:
+        sample = q[:max(1, 16384 // q.shape[1])].contiguous()
+        _, maps = _maps_attention(sample, sample)
+        forms = {True: lambda: (_maps_attention(sample, sample), _apply_maps(maps, sample)),
+                 False: lambda: [F.scaled_dot_product_attention(sample, sample, sample, scale=1.0) for _ in 'ab']}
+        times = {form: float('inf') for form in forms}
+        for _ in range(3):
+            for form, fn in forms.items():
+                start = time.perf_counter()
+                fn()
+                times[form] = min(times[form], time.perf_counter() - start)
+        _CPU_FORMS[key] = times[True] < times[False]
+    return _CPU_FORMS[key]
 
 
 class SharedAttention(NamedTuple):
@@ -199,14 +256,14 @@ def window_attention(v: Tensor, q: Optional[Tensor] = None,
         (N, L, Cv), and the :class:`SharedAttention` for the sharing GMSAs.
 
     * Materialised maps: two ``bmm`` around a softmax (:class:`_Attention` under autograd for
-      float32/float64 outside compiled graphs); float16 logits and softmax in float32 (ELAN's
-      unscaled logits overflow float16).
-    * Otherwise (CPU inference): ``scaled_dot_product_attention(q, q, v, scale=1)``, a fused
-      kernel that never writes the maps.
+      float32/float64 outside compiled graphs); float16/bfloat16 logits, softmax and maps in float32
+      (ELAN's unscaled logits overflow float16).
+    * Otherwise (CPU inference where :func:`cpu_inference_maps` measured it faster):
+      ``scaled_dot_product_attention(q, q, v, scale=1)``, a fused kernel that never writes the maps.
     """
     if shared is not None:
         if shared.maps is not None:
-            return torch.bmm(shared.maps.to(v.dtype), v), shared
+            return _apply_maps(shared.maps, v), shared
         q = shared.queries
     assert q is not None, 'window_attention needs queries or a SharedAttention'
     if not _materialise_maps(q):
@@ -214,9 +271,8 @@ def window_attention(v: Tensor, q: Optional[Tensor] = None,
     if needs_autograd(q, v) and custom_functions_ok(q) and v.dtype == q.dtype:
         y, maps = _Attention.apply(q, v)
         return y, SharedAttention(maps, None)
-    qf = q.float() if q.dtype == torch.float16 else q
-    maps = torch.bmm(qf, qf.transpose(1, 2)).softmax(dim=-1)
-    return torch.bmm(maps.to(v.dtype), v), SharedAttention(maps, None)
+    y, maps = _maps_attention(q, v)
+    return y, SharedAttention(maps, None)
 
 
 #: What a computing GMSA hands to the sharing GMSAs of its ELAB: a :class:`SharedAttention` per group,
