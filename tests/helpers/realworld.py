@@ -1,36 +1,34 @@
-"""Helpers of the real-world training tests: a tiny HR-only set in the layout BasicSR's ``RealESRGANDataset``
-reads (a folder of HR images and a meta_info file listing them), built from the photos bundled with
-scikit-image, and the option overrides that make a Real-ESRNet/Real-ESRGAN run take seconds on a CPU."""
+"""Helpers of the real-world training tests: a tiny HR-only set made by ``elan prepare realworld`` (its
+Python function) from photos bundled with scikit-image, in the layout BasicSR's ``RealESRGANDataset`` reads
+(400-pixel crops and a meta_info file), and the option overrides that make a Real-ESRNet/Real-ESRGAN run take
+seconds on a CPU."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import List
 
-import cv2
 import torch
 
 from elan_arch.prepare.demo_data import TRAIN_PHOTOS, skimage_photo
+from elan_arch.prepare.realworld import prepare_realworld
 
 REPO = Path(__file__).resolve().parents[2]
 REALWORLD = REPO / 'options' / 'realworld'
-HR_FOLDER = 'datasets/realworld_tiny'
-META_INFO = f'{HR_FOLDER}/meta_info.txt'
-CROP = 400  # RealESRGANDataset's crop (pads smaller images)
+HR_FOLDER = 'datasets/realworld_tiny'  # dataroot_gt, relative to the root
+META_INFO = f'{HR_FOLDER}/meta_info/meta_info_photos_sub.txt'
 
 
 def realworld_root(root: Path, photos: int = 4) -> Path:
-    """``root/datasets/realworld_tiny``: the first ``photos`` training photos of the demo, each cut to at most
-    400x400 (the dataset's crop), as PNG, with ``meta_info.txt`` listing them (one relative path a line)."""
-    folder = root / HR_FOLDER
+    """``root/datasets/realworld_tiny``: the 400-pixel crops (every 200 pixels, no multiscale copies) of the
+    first ``photos`` training photos of the demo (each at least 400 pixels on both sides) and their meta_info."""
+    folder = root / 'photos'
     folder.mkdir(parents=True, exist_ok=True)
-    names = []
     for name in TRAIN_PHOTOS[:photos]:
-        img = cv2.imread(str(skimage_photo(name)), cv2.IMREAD_COLOR)
-        out = f'{Path(name).stem}.png'
-        assert cv2.imwrite(str(folder / out), img[:CROP, :CROP])
-        names.append(out)
-    (root / META_INFO).write_text(''.join(f'{name}\n' for name in names))
+        shutil.copy(skimage_photo(name), folder / name)
+    prepare_realworld([folder], root / HR_FOLDER, name='photos', multiscale=False, progress=False)
+    assert (root / META_INFO).is_file()
     return root
 
 
