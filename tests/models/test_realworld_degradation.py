@@ -166,6 +166,12 @@ def test_a_resumed_model_degrades_as_the_uninterrupted_one(batches, tmp_path):
         assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
+def basicsr_state(model: Any) -> Dict[str, Any]:
+    """What basicsr's own ``save_training_state`` holds besides the epoch and iteration."""
+    return {'optimizers': [o.state_dict() for o in model.optimizers],
+            'schedulers': [s.state_dict() for s in model.schedulers]}
+
+
 def test_a_queue_the_batch_does_not_divide_is_refused(batches):
     opt = options('realesrnet', 'cpu', TINY_ELAN)
     opt['queue_size'] = 3
@@ -181,12 +187,39 @@ def test_a_state_without_realworld_entries_resumes_with_a_warning(batches, monke
     monkeypatch.setattr(realworld_state, 'warn', warnings.append)
     opt = options('realesrnet', 'cpu', TINY_ELAN)
     model = RealELANNetModel(opt)
-    state = {'optimizers': [o.state_dict() for o in model.optimizers],
-             'schedulers': [s.state_dict() for s in model.schedulers]}
-    model.resume_training(state)  # as basicsr's own RealESRNetModel writes it
+    model.resume_training(basicsr_state(model))  # as basicsr's own RealESRNetModel writes it
     assert len(warnings) == 1 and 'holds no training-pair queue' in warnings[0]
     model.feed_data(batches[0])
     assert model.lq.shape == (2, 3, 16, 16) and model.queue_ptr == 2
+
+
+def test_what_a_resume_cannot_restore_is_said_and_refilled(batches, monkeypatch):
+    """Another number of processes, a queue of another shape, a batch that cannot fill the saved queue."""
+    from elan_arch.models import realworld_state
+
+    warnings = []
+    monkeypatch.setattr(realworld_state, 'warn', warnings.append)
+    opt = options('realesrnet', 'cpu', TINY_ELAN)
+    model = RealELANNetModel(copy.deepcopy(opt))
+    model.feed_data(batches[0])
+    saved = realworld_state.local_state(model)  # ptr 2 of 4
+    stream = model.degradation_stream.state
+
+    resumed = RealELANNetModel(copy.deepcopy(opt))
+    resumed.resume_training(dict(basicsr_state(resumed), realworld=[saved, saved]))
+    assert 'saved by 2 process(es), this run has 1' in warnings.pop()
+    assert resumed.queue_ptr == 2 and resumed.degradation_stream.state is stream
+
+    smaller = RealELANNetModel(dict(copy.deepcopy(opt), gt_size=32))
+    smaller.resume_training(dict(basicsr_state(smaller), realworld=[saved]))
+    assert 'the options ask for queue_size 4 of gt_size 32: it refills from empty' in warnings.pop()
+    assert not hasattr(smaller, 'queue_lr')
+
+    resumed.queue_size = 5  # as if saved with ptr 2 of 5: batches of 2 would step past the end
+    resumed.queue_lr, resumed.queue_gt = (torch.zeros(5, *t.shape[1:]) for t in (resumed.queue_lr, resumed.queue_gt))
+    with pytest.raises(ElanError, match='queue_size: 5 is not a multiple'):
+        resumed.feed_data(batches[1])
+    assert 'holds 2 of 5 pairs, which batches of 2 cannot fill exactly' in warnings.pop()
 
 
 def test_queue_images_are_stored_as_8_bit_only_where_that_is_exact():
