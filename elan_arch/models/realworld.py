@@ -126,14 +126,20 @@ def save_training_state(self: Any, epoch: int, current_iter: int) -> None:
     """Replacement of ``save_training_state`` for the real-world models: basicsr's state (epoch, iteration,
     optimizers, schedulers) plus ``realworld``, every process's queue and degradation stream
     (:func:`~elan_arch.models.realworld_state.gathered_states`; every rank calls this, rank 0 writes).
-    Written to a temporary file and renamed into place."""
+    Written to a temporary file and renamed into place; a failed write stops the run with :class:`ElanError`
+    (basicsr only warns and goes on without the state)."""
     entries = realworld_state.gathered_states(self)
     if self.opt.get('rank', 0) != 0 or current_iter == -1:
         return
     state = {'epoch': epoch, 'iter': current_iter, 'optimizers': [o.state_dict() for o in self.optimizers],
              'schedulers': [s.state_dict() for s in self.schedulers], 'realworld': entries}
-    with atomic_path(osp.join(self.opt['path']['training_states'], f'{current_iter}.state'), overwrite=True) as tmp:
-        torch.save(state, tmp)
+    final = osp.join(self.opt['path']['training_states'], f'{current_iter}.state')
+    try:
+        with atomic_path(final, overwrite=True) as tmp:
+            torch.save(state, tmp)
+    except OSError as err:
+        raise ElanError(f'could not write {final} ({err.strerror or err}); is the disk full? The previous checkpoint '
+                        'is intact: make room and continue with --auto_resume') from err
 
 
 def resume_training(self: Any, resume_state: Dict[str, Any]) -> None:

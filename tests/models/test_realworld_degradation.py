@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import random
+from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
@@ -170,6 +171,23 @@ def basicsr_state(model: Any) -> Dict[str, Any]:
     """What basicsr's own ``save_training_state`` holds besides the epoch and iteration."""
     return {'optimizers': [o.state_dict() for o in model.optimizers],
             'schedulers': [s.state_dict() for s in model.schedulers]}
+
+
+def test_a_state_that_cannot_be_written_stops_the_run_and_leaves_no_file(tmp_path, monkeypatch):
+    import errno
+
+    opt = options('realesrnet', 'cpu', TINY_ELAN)
+    opt['path']['training_states'] = str(tmp_path)
+    model = RealELANNetModel(opt)
+
+    def full_disk(obj: Any, path: Any) -> None:
+        Path(path).write_bytes(b'PK')  # the start of a file, then the disk is full
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    monkeypatch.setattr(torch, 'save', full_disk)
+    with pytest.raises(ElanError, match=r'could not write .*2\.state \(No space left on device\); is the disk full'):
+        model.save_training_state(epoch=0, current_iter=2)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_queue_the_batch_does_not_divide_is_refused(batches):
