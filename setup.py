@@ -36,9 +36,11 @@ setup(
         'onnx': ['onnx', 'onnxruntime', 'onnxscript', 'onnxsim'],
         # `import elan_arch.spandrel_support`: ELAN in spandrel (chaiNNer, ComfyUI)
         'spandrel': ['spandrel'],
+        # `elan export --format openvino` (converts the ONNX export) and `elan upscale --openvino`
+        'openvino': ['onnx', 'onnxruntime', 'onnxscript', 'onnxsim', 'openvino'],
         # playwright drives Debian's chromium (make install-browser) in the page's browser test; no browser download
         'test': ['pytest>=7', 'pytest-timeout', 'ruff', 'onnx', 'onnxruntime', 'onnxscript', 'onnxsim', 'spandrel',
-                 'playwright'],
+                 'playwright', 'openvino'],
     },
     entry_points={
         'console_scripts': [

@@ -1,4 +1,5 @@
-"""``elan export WEIGHTS OUT.onnx``: an ELAN checkpoint to ONNX, checked with onnxruntime."""
+"""``elan export WEIGHTS OUT.onnx``: an ELAN checkpoint to ONNX, checked with onnxruntime (``--format openvino``:
+an OpenVINO IR, ``--format ncnn``: an ncnn model, each checked with its runtime)."""
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         '(window gathers instead of rolls, tensors of rank <= 4, BatchNorm folded) and simplified by onnxsim; '
         'docs/deployment.md has the settings for chaiNNer and vs-mlrt.')
     parser.add_argument('weights', help='ELAN checkpoint (.pth/.pt/.safetensors)')
-    parser.add_argument('out', help='ONNX model to write (.onnx)')
+    parser.add_argument('out', help='model to write: .onnx, or .xml (OpenVINO IR; .bin beside it), or .param '
+                        '(ncnn; .bin beside it)')
+    parser.add_argument('--format', choices=EXPORT_FORMATS,
+                        help='onnx, openvino (IR converted from the ONNX graph, float32, checked with OpenVINO) or '
+                        'ncnn (through pnnx, checked with ncnn); default: from OUT\'s extension '
+                        '(.xml: openvino, .param: ncnn, else onnx)')
     parser.add_argument('--half', action='store_true', help='float16 model (float16 input and output)')
     parser.add_argument('--opset', type=int, default=OPSET, help=f'ONNX opset (default: {OPSET})')
     parser.add_argument('--dynamo', action='store_true',
@@ -50,6 +56,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+#: ``--format`` values; ``export_format`` picks one from OUT's extension.
+EXPORT_FORMATS = ('onnx', 'openvino', 'ncnn')
+
+
+def export_format(args: argparse.Namespace) -> str:
+    """``--format``, or the format OUT's extension implies; ElanError for options the format does not take."""
+    from pathlib import Path
+
+    suffix = Path(args.out).suffix.lower()
+    fmt = args.format or {'.xml': 'openvino', '.param': 'ncnn'}.get(suffix, 'onnx')
+    wanted = {'openvino': '.xml', 'ncnn': '.param'}.get(fmt)
+    if wanted and suffix != wanted:
+        raise ElanError(f'--format {fmt} writes MODEL{wanted} (weights in MODEL.bin beside it): name OUT *{wanted}')
+    unused = [opt for opt, on in (('--half', args.half), ('--dynamo', args.dynamo)) if on]
+    if fmt != 'onnx' and unused:
+        raise ElanError(f'{"/".join(unused)}: ONNX options, not for --format {fmt} (its model is float32; OpenVINO '
+                        'runs it in bfloat16 with elan upscale --openvino M.xml --bf16)')
+    return fmt
+
+
 def run(args: argparse.Namespace) -> int:
     from elan_arch.cli.options import network_overrides
     from elan_arch.deploy.checkpoint import load_checkpoint
@@ -58,12 +84,22 @@ def run(args: argparse.Namespace) -> int:
 
     if args.tolerance is not None and not args.tolerance >= 0:
         raise ElanError(f'--tolerance {args.tolerance}: must be >= 0')
+    fmt = export_format(args)
     check_output_free(args.out, args.force)  # before the export's work
     if args.tile is not None and args.tile < 1:
         raise ElanError(f'--tile {args.tile}: must be a positive tile size (e.g. 256)')
     net, config, source = load_checkpoint(args.weights, unsafe=args.unsafe_load, overrides=network_overrides(args))
     colors = net.head[0].in_channels
     shape = parse_shape(args.shape, colors) if args.shape else (1, args.tile, args.tile) if args.tile else None
+    if fmt != 'onnx':
+        from importlib import import_module
+
+        module = import_module(f'elan_arch.deploy.{fmt}_runtime')
+        print(f'exporting {args.weights} ({source} checkpoint) to {fmt}...', flush=True)
+        result = getattr(module, f'export_{fmt}')(net, args.out, config, overwrite=args.force,
+                                                   tolerance=args.tolerance, shape=shape)
+        print(f'wrote {result.summary()}')
+        return 0
     print(f'exporting {args.weights} ({source} checkpoint) to ONNX...', flush=True)
     result = export_onnx(net, args.out, config, half=args.half, opset=args.opset, dynamo=args.dynamo,
                          overwrite=args.force, tolerance=args.tolerance, shape=shape)

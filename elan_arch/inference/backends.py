@@ -110,7 +110,7 @@ def torch_backend(net: torch.nn.Module, device: torch.device, dtype: torch.dtype
                    f'{device} (PyTorch, {precision})', kind)
 
 
-def _runtime_backend(kind: str, path: str, device: str, threads: Optional[int]) -> Backend:
+def _runtime_backend(kind: str, path: str, device: str, threads: Optional[int], bf16: bool) -> Backend:
     if kind == 'onnx':
         from elan_arch.deploy.onnx_runtime import OnnxNetwork
 
@@ -121,7 +121,11 @@ def _runtime_backend(kind: str, path: str, device: str, threads: Optional[int]) 
     if kind == 'openvino':
         from elan_arch.deploy.openvino_runtime import OpenVinoNetwork
 
-        net = OpenVinoNetwork(path, threads=threads)
+        if bf16:
+            reason = bf16_unsupported_reason()
+            if reason:
+                raise ElanError(f'--bf16: {reason}; drop --bf16 (OpenVINO then runs float32)')
+        net = OpenVinoNetwork(path, threads=threads, precision='bfloat16' if bf16 else 'float32')
         return Backend(net, net.upscale, net.pad_multiple, f'OpenVINO (CPU, {net.precision})', 'openvino')
     from elan_arch.deploy.ncnn_runtime import NcnnNetwork
 
@@ -140,9 +144,9 @@ def load_backend(weights: Optional[str] = None, onnx: Optional[str] = None, open
         weights: A checkpoint run by PyTorch on ``device`` (``auto``: CUDA if available), float32, or float16
             (``half``, CUDA) or bfloat16 (``bf16``: CUDA, or a CPU with native bfloat16), compiled in
             ``compile_mode`` unless None, with ``fused_attention`` (CUDA's Triton kernels).
-        onnx, openvino, ncnn: An exported model run by that runtime with ``threads`` threads (None: the
-            runtime's default); their precision is the model's (OpenVINO: float32 unless the model says
-            otherwise, :mod:`~elan_arch.deploy.openvino_runtime`).
+        onnx, openvino, ncnn: An exported model run by that runtime with ``threads`` threads (None: PyTorch's
+            count for OpenVINO and ncnn, onnxruntime's own rule for ONNX); their precision is the model's, except
+            that OpenVINO runs float32 unless ``bf16`` (:mod:`~elan_arch.deploy.openvino_runtime`).
         scale: Refuse a model of another upscale factor (``--scale``).
         overrides: Network options for the checkpoint (``--opt``, ``--window-sizes``, ...), as
             :func:`~elan_arch.deploy.checkpoint.load_network_from_checkpoint` takes them; ``unsafe``: unpickle
@@ -159,15 +163,16 @@ def load_backend(weights: Optional[str] = None, onnx: Optional[str] = None, open
         raise ElanError(f'give exactly one model: --weights, --onnx, --openvino or --ncnn (given: {named})')
     (kind, source), = given.items()
     if kind != 'weights':
-        used = [opt for opt, on in (('--half', half), ('--bf16', bf16), ('--compile', compile_mode),
-                                    ('--fused-attention', fused_attention), ('--unsafe-load', unsafe)) if on]
+        used = [opt for opt, on in (('--half', half), ('--bf16', bf16 and kind != 'openvino'),
+                                    ('--compile', compile_mode), ('--fused-attention', fused_attention),
+                                    ('--unsafe-load', unsafe)) if on]
         if used:
             raise ElanError(f'{"/".join(used)}: not for --{kind}: the exported model\'s precision and operations are '
                             'fixed at export (see elan export --help)')
         if overrides:
             raise ElanError(f'--opt/--window-sizes/--shift-windows/--img-range do not apply to --{kind}: the model '
                             'was built at export (pass them to elan export)')
-        backend = _runtime_backend(kind, source, device, threads)
+        backend = _runtime_backend(kind, source, device, threads, bf16)
     else:
         from elan_arch.deploy.checkpoint import load_network_from_checkpoint
         from elan_arch.inference.upscale import select_device
@@ -202,8 +207,9 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
     for name, text in SOURCES.items():
         group.add_argument(f'--{name}', metavar=_METAVARS[name], help=text)
     parser.add_argument('--bf16', action='store_true',
-                        help='PyTorch in bfloat16: on a CPU with native bfloat16 (AVX512-BF16 or AMX; refused '
-                        'elsewhere) or CUDA; see docs/deployment.md for its speed and output difference')
+                        help='bfloat16 arithmetic, for --weights (PyTorch; CUDA, or a CPU with native bfloat16: '
+                        'AVX512-BF16 or AMX, refused elsewhere) and --openvino (its bf16 precision hint); see '
+                        'docs/deployment.md for speed and output difference')
 
 
 def backend_from_args(args: argparse.Namespace) -> Backend:
