@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from elan_arch.deploy import openvino_runtime
+
 #: (float32 ELAN in eval mode, working folder, threads) -> callable on (1, C, H, W) float32 CPU tensors.
 Factory = Callable[[nn.Module, Path, int], Callable[[Tensor], Tensor]]
 
@@ -85,6 +87,10 @@ register_backend('torch', BackendSpec('PyTorch float32 (fast path)', _torch(torc
 register_backend('torch-bf16', BackendSpec('PyTorch bfloat16', _bf16))
 register_backend('onnxruntime', BackendSpec('onnxruntime (elan export, dynamic axes)', _onnxruntime,
                                             ('onnx', 'onnxruntime', 'onnxsim'), "pip install -e '.[onnx]'"))
+for _name, _precision in (('openvino', 'float32'), ('openvino-bf16', 'bfloat16')):
+    register_backend(_name, BackendSpec(f'OpenVINO {_precision} (elan export --format openvino)',
+                                        openvino_runtime.bench_build(_precision),
+                                        ('onnx', 'onnxruntime', 'onnxsim', 'openvino'), "pip install -e '.[openvino]'"))
 
 
 @dataclass
@@ -137,9 +143,11 @@ def levels(y: Tensor) -> Tensor:
 
 
 def measure_backends(names: List[str], net: nn.Module, anchor: nn.Module, size: Tuple[int, int], threads: int,
-                     runs: int, warmup: int, progress: bool) -> Tuple[List[BackendResult], BackendResult]:
-    """Build every backend of ``names`` from ``net`` (calibrated here), time them and ``anchor`` (SwinIR-light,
-    PyTorch float32) round-robin, and compare their outputs with PyTorch float32's.
+                     runs: int, warmup: int, progress: bool,
+                     trained: bool = False) -> Tuple[List[BackendResult], BackendResult]:
+    """Build every backend of ``names`` from ``net`` (calibrated here unless ``trained``: a checkpoint's
+    statistics are kept), time them and ``anchor`` (SwinIR-light, PyTorch float32) round-robin, and compare
+    their outputs with PyTorch float32's.
 
     Returns the backends' rows and the anchor's.
     """
@@ -149,7 +157,7 @@ def measure_backends(names: List[str], net: nn.Module, anchor: nn.Module, size: 
 
     device = torch.device('cpu')
     x = photo_input(size)
-    net = calibrate(net, x)
+    net = net.eval() if trained else calibrate(net, x)
     with torch.inference_mode():
         reference = levels(net(x))
     results = [BackendResult(name, BACKENDS[name].label) for name in names]

@@ -167,3 +167,19 @@ def _metadata(model) -> Dict[str, str]:
         return {}
     keys = model.get_rt_info(['framework']).astype(dict)
     return {k: model.get_rt_info(['framework', k]).astype(str) for k in keys if k.startswith('elan.')}
+
+
+def bench_build(precision: str):
+    """A factory for ``elan bench --backends`` (:mod:`elan_arch.bench.backends`): the float32 network exported
+    to an IR in the working folder (unchecked: the table compares the outputs) and run in ``precision``."""
+    def build(net: nn.Module, workdir: Path, threads: int) -> OpenVinoNetwork:
+        if precision == 'bfloat16':
+            from elan_arch.inference.backends import bf16_unsupported_reason
+
+            reason = bf16_unsupported_reason()
+            if reason:
+                raise ElanError(f'unavailable: {reason}')
+        path = workdir / 'elan.xml'
+        export_openvino(net, path, {}, check=False)
+        return OpenVinoNetwork(path, threads=threads, precision=precision)
+    return build
