@@ -66,15 +66,19 @@ def window_orders(h: int, w: int, net: ELAN) -> Orders:
     return orders
 
 
-def gmsa_windows(m: GMSA, x: Tensor, orders: Orders, shared: Optional[List[Tensor]]) -> Tuple[Tensor, List[Tensor]]:
+def gmsa_windows(m: GMSA, x: Tensor, size: Tuple[int, int, int], orders: Orders,
+                 shared: Optional[List[Tensor]]) -> Tuple[Tensor, List[Tensor]]:
     """``x + m(x, shared)`` for an ``asa`` :class:`GMSA` with window gathers; also returns the attention maps.
 
     Args:
         x: (B, C, H, W), H and W multiples of every window size.
+        size: (B, H, W), from the padded input's shape: read there once, not from ``x`` (a runtime
+            that keeps ``x`` in its own layout, onnxruntime's NCHWc for instance, need not lay it out as NCHW
+            to read its shape).
         orders: :func:`window_orders` of (H, W).
         shared: For a sharing GMSA, the computing GMSA's maps (one (B*windows, L, L) per group).
     """
-    b, _, h, w = x.shape
+    b, h, w = size
     weight, bias = fold_batchnorm(m.project_inp[0], m.project_inp[1])  # in the BatchNorm's dtype (see export)
     proj = F.conv2d(x, weight.to(x.dtype), bias.to(x.dtype))
     rows = proj.permute(0, 2, 3, 1).reshape(b, h * w, proj.shape[1])  # (B, HW, channels): one transpose
@@ -110,7 +114,8 @@ class DeployELAN(nn.Module):
         m = net.pad_multiple
         x = x.index_select(2, reflect_indices(h, (h + m - 1) // m * m))
         x = x.index_select(3, reflect_indices(w, (w + m - 1) // m * m))
-        orders = window_orders(x.shape[2], x.shape[3], net)
+        size = x.shape[0], x.shape[2], x.shape[3]
+        orders = window_orders(size[1], size[2], net)
         feat = net.head(net.sub_mean(x * net.img_range))
         y = feat
         for block in net.body:
@@ -118,7 +123,7 @@ class DeployELAN(nn.Module):
             for lfe, gmsa in zip(block.modules_lfe.values(), block.modules_gmsa.values()):
                 y = lfe(y) + y
                 if gmsa.attention == 'asa':
-                    y, shared = gmsa_windows(gmsa, y, orders, shared)
+                    y, shared = gmsa_windows(gmsa, y, size, orders, shared)
                 else:
                     out, shared = gmsa(y, shared)
                     y = out + y
