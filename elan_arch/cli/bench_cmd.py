@@ -24,7 +24,7 @@ ABLATION_SIZE = '180x320'
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from elan_arch.cli.options import add_device_options
+    from elan_arch.cli.options import add_device_options, add_network_options
 
     parser = subparsers.add_parser(
         'bench',
@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         'inference path, and ELAN-light on the reference arithmetic) next to BasicSR\'s SwinIR in its light '
         'configuration and the EDSR baseline, in one run on one random input; random weights (speed does not '
         'depend on them). Prints a markdown table and writes it with a bar chart.')
-    parser.add_argument('--scale', type=int, default=4, help='upscale factor (default: 4)')
+    parser.add_argument('--scale', type=int, help='upscale factor (default: 4; with --weights the checkpoint\'s)')
     parser.add_argument('--size', help=f'LR input HxW (default: {DEFAULT_SIZE}, i.e. 704x1280 output at x4; with '
                         f'--ablation {ABLATION_SIZE}, 720x1280; not with --train, which takes --patch and --batch)')
     parser.add_argument('--ablation', action='store_true',
@@ -41,12 +41,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         'the reference arithmetic, with ELAN-light on both paths and SwinIR-light as the anchor '
                         '(writes bench_ablation_<device>_x<scale>_<size>.md/.png; not with --models or --train)')
     parser.add_argument('--backends', type=backend_list, metavar='NAME,...',
-                        help='measure ELAN-light through these runtimes instead (comma-separated; '
+                        help='measure ELAN-light (or the --weights checkpoint) through these runtimes instead '
+                        '(comma-separated; '
                         f'{", ".join(BACKENDS)}; "all" for every one): latency, speed-up against SwinIR-light in '
                         'PyTorch float32 and against PyTorch float32, and the output difference to PyTorch float32 '
                         'in 8-bit levels on a real photo, in one interleaved run (CPU; writes '
                         'bench_backends_cpu_x<scale>_<size>.md; a runtime that is not installed is reported with '
                         'its pip line)')
+    parser.add_argument('--weights', metavar='W',
+                        help='with --backends: measure this ELAN checkpoint (its network and trained weights, '
+                        'BatchNorm statistics kept) instead of ELAN-light with random weights')
     parser.add_argument('--models', nargs='+', choices=list(MODELS),
                         help=f'models to measure (default: all but {", ".join(OPTIONAL_MODELS)}: the ONNX export of '
                         'ELAN-light run by onnxruntime, CPU float32 only, and ELAN\'s reference arithmetic; '
@@ -65,9 +69,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument('--batch', type=int, default=8, help='training batch (default: 8, the demo\'s)')
     train.add_argument('--patch', type=int, default=32, help='LR patch size (default: 32, the demo\'s)')
     train.add_argument('--amp', choices=['bf16', 'fp16'], help='forward under autocast (as train.amp)')
-    train.add_argument('--opt', type=Path, help='also measure the data loader of this option file\'s training set')
     train.add_argument('--loader-batches', type=int, default=20, help='batches the loader is timed on (default: 20)')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
+    add_network_options(parser, '--weights', opt_also=' (with --weights); with --train, the data loader of its '
+                        'training set is timed too')
     parser.set_defaults(func=run)
 
 
@@ -105,16 +110,29 @@ def run_backends(args: argparse.Namespace, size: Tuple[int, int], where: str) ->
     if used:
         raise ElanError(f'--backends measures ELAN-light in float32 through each runtime on the CPU: leave out '
                         f'{", ".join(used)}')
+    name = 'ELAN-light'
+    if args.weights:
+        from elan_arch.cli.options import network_overrides
+        from elan_arch.deploy.checkpoint import load_checkpoint, variant_name
+
+        net, config, _ = load_checkpoint(args.weights, unsafe=args.unsafe_load, overrides=network_overrides(args))
+        if args.scale not in (None, config['upscale']):
+            raise ElanError(f'{args.weights} holds an x{config["upscale"]} ELAN but --scale {args.scale} was asked; '
+                            'drop --scale (the checkpoint\'s is used)')
+        args.scale, name = config['upscale'], f'{variant_name(config)} ({args.weights})'
+    else:
+        torch.manual_seed(0)
+        net = ELAN(upscale=args.scale, **ELAN_VARIANTS['ELAN-light'])
     md_path = args.output_dir / f'bench_backends_cpu_x{args.scale}_{size[0]}x{size[1]}.md'
     check_output_free(md_path, args.force)
-    torch.manual_seed(0)
-    net = ELAN(upscale=args.scale, **ELAN_VARIANTS['ELAN-light'])
     results, anchor = measure_backends(args.backends, net, build_model('swinir-light', args.scale), size,
-                                       torch.get_num_threads(), args.runs, args.warmup, not args.quiet)
-    setup = (f'ELAN-light x{args.scale}, LR input {size[0]}x{size[1]} (a crop of scikit-image\'s astronaut photo), '
+                                       torch.get_num_threads(), args.runs, args.warmup, not args.quiet,
+                                       trained=bool(args.weights))
+    setup = (f'{name} x{args.scale}, LR input {size[0]}x{size[1]} (a crop of scikit-image\'s astronaut photo), '
              f'batch 1, {where}; {datetime.date.today()}; median of {args.runs} runs after {args.warmup} warm-up, '
              f'backends interleaved; differences against PyTorch float32 in 8-bit levels; torch {torch.__version__}'
-             f'{_versions()}; command: `elan bench --backends {",".join(args.backends)} --scale {args.scale} '
+             f'{_versions()}; command: `elan bench --backends {",".join(args.backends)} '
+             f'{args.network_flags}--scale {args.scale} '
              f'--size {args.size}{f" --threads {args.threads}" if args.threads else ""} --runs {args.runs} '
              f'--warmup {args.warmup}`')
     table = markdown_backends(results, anchor, setup)
@@ -163,7 +181,7 @@ def run_training(args: argparse.Namespace, device, where: str) -> int:
     md_path = args.output_dir / f'bench_train_{device.type}{variant}_x{args.scale}_b{args.batch}_p{args.patch}.md'
     check_output_free(md_path, args.force)
     amp = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(args.amp)
-    loader = bench_train.loader_throughput(args.opt, args.loader_batches, not args.quiet) if args.opt else None
+    loader = bench_train.loader_throughput(Path(args.opt), args.loader_batches, not args.quiet) if args.opt else None
     models = {key: build_model(key, args.scale) for key in keys}
     results = bench_train.measure_training(models, {k: MODELS[k] for k in keys}, args.batch, args.patch,
                                            args.scale, device, amp, args.runs, args.warmup, not args.quiet,
@@ -186,6 +204,32 @@ def run_training(args: argparse.Namespace, device, where: str) -> int:
     return 1 if any(r.error is not None for r in results) else 0
 
 
+def _check_network_options(args: argparse.Namespace) -> None:
+    """``--weights`` and the network options apply to ``--backends`` only (``--opt`` also to ``--train``'s loader);
+    ElanError naming them otherwise. Sets ``args.network_flags`` (how they were given, for the table's command
+    line) and the default ``--scale`` (4) where no checkpoint gives it."""
+    from elan_arch.cli.options import network_overrides
+
+    told = network_overrides(args)
+    flags = [f'--weights {args.weights}'] if args.weights else []
+    for key, value in told.items():
+        if key == 'shift_windows':
+            flags.append('--shift-windows' if value else '--no-shift-windows')
+        else:
+            flags.append(f'--{key.replace("_", "-")} ' + (' '.join(map(str, value)) if isinstance(value, list) else
+                                                          str(value)))
+    args.network_flags = ''.join(f'{flag} ' for flag in flags)
+    if args.weights and not args.backends:
+        raise ElanError('--weights is measured through the runtimes of --backends; add --backends NAME,... (other '
+                        'tables measure their models with random weights)')
+    describing = [f'--{k.replace("_", "-")}' for k in told if k != 'opt'] + ['--unsafe-load'] * args.unsafe_load
+    if not args.weights and (describing or (args.opt and not args.train)):
+        raise ElanError(f'{" ".join(describing) or "--opt"} describe(s) a checkpoint: give it with --weights W '
+                        '(and --backends)')
+    if args.scale is None and not args.weights:
+        args.scale = 4
+
+
 def run(args: argparse.Namespace) -> int:
     from elan_arch.bench.inference import bar_chart, markdown, measure
     from elan_arch.inference.upscale import select_device
@@ -197,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
     if args.ablation and (args.train or args.models):
         raise ElanError('--ablation measures its own set of models at inference: leave out '
                         f'{"--train" if args.train else "--models"}')
+    _check_network_options(args)
     args.size = args.size or (ABLATION_SIZE if args.ablation else DEFAULT_SIZE)
     size = parse_size(args.size)
     if args.runs < 1 or args.warmup < 0:

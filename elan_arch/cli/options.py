@@ -23,17 +23,19 @@ def add_device_options(parser: argparse.ArgumentParser, default_device: str, com
                         'reduce-overhead replays CUDA graphs, for tiles of one shape on a GPU')
 
 
-def add_network_options(parser: argparse.ArgumentParser, weights: str = 'the weights') -> None:
+def add_network_options(parser: argparse.ArgumentParser, weights: str = 'the weights', opt_also: str = '') -> None:
     """Add the options that say which network a checkpoint holds where its file does not (read back by
     :func:`network_overrides`; the rules: :func:`elan_arch.deploy.checkpoint.network_config`), and
     ``--unsafe-load``: ``--opt FILE``, ``--window-sizes``, ``--shift-windows``/``--no-shift-windows``,
-    ``--img-range``. ``weights`` names the checkpoint in the help texts."""
+    ``--img-range``. ``weights`` names the checkpoint in the help texts; ``opt_also`` ends ``--opt``'s help
+    where a command reads more of the option file (``elan bench --train``: its training set)."""
     group = parser.add_argument_group(
         'which network the checkpoint holds',
         f'Read from the record in {weights} (every checkpoint this package writes has one), else from the option '
         'file BasicSR copied beside its run (experiments/<name>/*.yml), else assumed and said so. These options '
         'say it instead.')
-    group.add_argument('--opt', metavar='FILE', help='a BasicSR option file whose network_g describes the weights')
+    group.add_argument('--opt', metavar='FILE',
+                       help=f'a BasicSR option file whose network_g describes the weights{opt_also}')
     group.add_argument('--window-sizes', type=int, nargs='+', metavar='N',
                        help='attention window sizes (the weights cannot tell; reference: 4 8 16)')
     group.add_argument('--shift-windows', action=argparse.BooleanOptionalAction, default=None,

@@ -7,8 +7,9 @@ take the network from its run folder's option file, or say what it assumed.
 
 Tolerance: 8-bit outputs agree within one level. Every path computes the same function in float32 (orders of
 summation differ: about 1e-6 relative; onnxruntime within the export's own check of 1e-4), far below half a
-level (2e-3 on [0, 1]), so rounding to 8 bits can move a value across at most one boundary. A network built
-with other window sizes or without shifts differs by tens of levels (checked, so the comparisons can fail).
+level (2e-3 on [0, 1]), so rounding to 8 bits can move a value across at most one boundary. The same weights
+built with the reference's windows and shifts differ by more than 2 levels (checked, so the comparisons can
+fail; these barely trained networks differ by 6 to 85 levels).
 """
 from __future__ import annotations
 
@@ -187,7 +188,7 @@ def test_every_reader_runs_the_trained_network_as_basicsr_test_does(case, runs, 
         net.load_state_dict(sd)
         with torch.no_grad():
             other = (net(lr)[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        assert _levels(other, run.reference) > 8
+        assert _levels(other, run.reference) > 2
 
 
 def _without_record(src: Path, dst: Path) -> Path:
@@ -214,7 +215,7 @@ def test_a_run_folder_checkpoint_without_record_takes_the_copied_option_file(run
 def test_a_bare_checkpoint_says_what_it_assumed_and_the_options_correct_it(runs, tmp_path, capsys):
     run = runs('window8_x4')
     bare = _without_record(run.weights, tmp_path / 'ELAN_window8_x4.pth')
-    assert _levels(_upscale(run, tmp_path / 'assumed.png', '--weights', str(bare)), run.reference) > 8
+    assert _levels(_upscale(run, tmp_path / 'assumed.png', '--weights', str(bare)), run.reference) > 2
     assert capsys.readouterr().err.strip() == f'elan: {bare}: {BARE_LINE}'
     told = _upscale(run, tmp_path / 'told.png', '--weights', str(bare), '--window-sizes', '8', '--shift-windows')
     assert _levels(told, run.reference) <= 1 and capsys.readouterr().err == ''
@@ -225,7 +226,15 @@ def test_a_bare_checkpoint_says_what_it_assumed_and_the_options_correct_it(runs,
     assert _levels(_upscale(run, tmp_path / 'onnx.png', '--onnx', str(tmp_path / 'w8.onnx')), run.reference) <= 1
     assert main(['convert', str(bare), str(tmp_path / 'w8.pth'), '--opt', str(run.option)]) == 0
     assert torch.load(tmp_path / 'w8.pth', weights_only=True)['network_g']['window_sizes'] == [8]
+    bench = ['bench', '--backends', 'torch', '--weights', str(bare), '--size', '16x24', '--runs', '1', '--warmup', '0',
+             '--output-dir', str(tmp_path), '--quiet']
+    assert main([*bench, '--window-sizes', '8', '--shift-windows']) == 0
+    table = (tmp_path / 'bench_backends_cpu_x4_16x24.md').read_text()
+    assert f'ELAN (custom) ({bare}) x4' in table and '--window-sizes 8 --shift-windows --scale 4' in table
     assert 'assumed' not in capsys.readouterr().err
+    assert main([*bench, '--force']) == 0 and BARE_LINE in capsys.readouterr().err
+    assert main(['bench', '--window-sizes', '8']) == 2
+    assert 'describe(s) a checkpoint: give it with --weights W' in capsys.readouterr().err
 
 
 # --- the record itself: cheap checks on untrained networks ---------------------------------------------------
