@@ -2,6 +2,7 @@
 held-out photos (:func:`demo_page`)."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any, Dict, Mapping
 
@@ -23,7 +24,8 @@ def demo_page(option_file: Path, test_opt: Mapping[str, Any], network_changes: M
     model = ModelSpec(label, 'net', network=network, weights=Path(weights),
                       param_key=test_opt.get('path', {}).get('param_key_g', 'params'), argument=str(weights))
     scale = int(test_opt['scale'])
+    command = ['elan', 'compare', '-i', str(option_file), '--scale', str(scale), '-m', 'bicubic',
+               '-m', f'{label}={weights}', '-o', str(out)]
     options = CompareOptions([Path(option_file)], scale, [ModelSpec('bicubic', 'bicubic'), model], out, force=True,
-                             quiet=True, command=f'elan compare -i {option_file} --scale {scale} -m bicubic '
-                             f'-m {label}={weights} -o {out}')
+                             quiet=True, command=shlex.join(command))
     return compare(options).output / 'index.html'
