@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from elan_arch import ELAN, ELAN_VARIANTS
 from helpers.inference import photo, to_tensor
+from helpers.rounding import EPS64, elan_bounds, padded_pixels, pair_bound, within
 
 Grads = Dict[str, torch.Tensor]
 
@@ -83,3 +84,19 @@ def photo_pair(scale: int, h: int, w: int, batch: int = 2) -> Tuple[torch.Tensor
 
 
 SMALL_LIGHT = dict(ELAN_VARIANTS['ELAN-light'], m_elan=4)  # 2 ELABs: one unshifted, one shifted; sharing GMSAs
+
+
+def check_float32_against_float64(net: ELAN, x: torch.Tensor, gt: torch.Tensor) -> Tuple[Result, Result]:
+    """Fast path and reference arithmetic of ``net`` in float64 equal within float64 rounding, and each in
+    float32 within float32 rounding of the float64 result (bounds: :func:`helpers.rounding.elan_bounds`,
+    from the terms each result sums). Returns the float32 (fast, reference) results."""
+    pixels = padded_pixels(net, x)
+    fast64, ref64 = run_both(copy.deepcopy(net).double(), x.double(), gt.double())
+    exact, bounds64 = differences(fast64, ref64), elan_bounds(net, pixels, EPS64)
+    assert within(exact, {name: pair_bound(b) for name, b in bounds64.items()}), (exact, bounds64)
+    fast32, ref32 = run_both(copy.deepcopy(net).float(), x.float(), gt.float())
+    bounds = elan_bounds(net, pixels)
+    for path, result in (('fast path', fast32), ('reference', ref32)):
+        single = differences(result, ref64)
+        assert within(single, bounds), (path, single, bounds)
+    return fast32, ref32
