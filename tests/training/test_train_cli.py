@@ -62,7 +62,8 @@ def test_train_writes_checkpoints_states_validation_and_tensorboard(workdir, tra
     assert list((workdir / 'tb_logger' / 'ELAN_light_x4_demo').glob('events.out.tfevents.*'))
     assert not [p for p in exp.rglob('.saving-*')]  # atomic checkpoint writes leave nothing behind
     saved = trained['models_after_first']['net_g_4.pth']
-    assert set(saved) == {'params', 'params_ema'}
+    assert set(saved) == {'params', 'params_ema', 'network_g'}  # the network's record (deploy/checkpoint.py)
+    assert saved['network_g']['window_sizes'] == [4, 8, 16] and saved['network_g']['type'] == 'ELAN'
     # ELANModel's EMA carries BatchNorm statistics into params_ema (basicsr's would keep zeros / ones)
     keys = bn_keys(saved['params'])
     assert keys and all(torch.equal(saved['params'][k], saved['params_ema'][k]) for k in keys)
