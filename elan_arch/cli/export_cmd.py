@@ -1,5 +1,5 @@
 """``elan export WEIGHTS OUT.onnx``: an ELAN checkpoint to ONNX, checked with onnxruntime (``--format openvino``:
-an OpenVINO IR, ``--format ncnn``: an ncnn model, each checked with its runtime)."""
+an OpenVINO IR, checked with OpenVINO)."""
 from __future__ import annotations
 
 import argparse
@@ -30,12 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         '(window gathers instead of rolls, tensors of rank <= 4, BatchNorm folded) and simplified by onnxsim; '
         'docs/deployment.md has the settings for chaiNNer and vs-mlrt.')
     parser.add_argument('weights', help='ELAN checkpoint (.pth/.pt/.safetensors)')
-    parser.add_argument('out', help='model to write: .onnx, or .xml (OpenVINO IR; .bin beside it), or .param '
-                        '(ncnn; .bin beside it)')
+    parser.add_argument('out', help='model to write: .onnx, or .xml (OpenVINO IR; .bin beside it)')
     parser.add_argument('--format', choices=EXPORT_FORMATS,
-                        help='onnx, openvino (IR converted from the ONNX graph, float32, checked with OpenVINO) or '
-                        'ncnn (through pnnx, checked with ncnn); default: from OUT\'s extension '
-                        '(.xml: openvino, .param: ncnn, else onnx)')
+                        help='onnx or openvino (IR converted from the ONNX graph, float32, checked with OpenVINO; '
+                        'ncnn: see docs/deployment.md); default: from OUT\'s extension (.xml: openvino, else onnx)')
     parser.add_argument('--half', action='store_true', help='float16 model (float16 input and output)')
     parser.add_argument('--opset', type=int, default=OPSET, help=f'ONNX opset (default: {OPSET})')
     parser.add_argument('--dynamo', action='store_true',
@@ -57,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 #: ``--format`` values; ``export_format`` picks one from OUT's extension.
-EXPORT_FORMATS = ('onnx', 'openvino', 'ncnn')
+EXPORT_FORMATS = ('onnx', 'openvino')
 
 
 def export_format(args: argparse.Namespace) -> str:
@@ -65,8 +63,8 @@ def export_format(args: argparse.Namespace) -> str:
     from pathlib import Path
 
     suffix = Path(args.out).suffix.lower()
-    fmt = args.format or {'.xml': 'openvino', '.param': 'ncnn'}.get(suffix, 'onnx')
-    wanted = {'openvino': '.xml', 'ncnn': '.param'}.get(fmt)
+    fmt = args.format or ('openvino' if suffix == '.xml' else 'onnx')
+    wanted = {'openvino': '.xml'}.get(fmt)
     if wanted and suffix != wanted:
         raise ElanError(f'--format {fmt} writes MODEL{wanted} (weights in MODEL.bin beside it): name OUT *{wanted}')
     unused = [opt for opt, on in (('--half', args.half), ('--dynamo', args.dynamo)) if on]

@@ -1,11 +1,11 @@
-"""The one place an ELAN runtime is chosen: PyTorch (float32, float16 on CUDA, bfloat16), onnxruntime, OpenVINO
-or ncnn, each as a callable on (B, C, H, W) tensors that :func:`~elan_arch.inference.upscale.upscale_array` runs
+"""The one place an ELAN runtime is chosen: PyTorch (float32, float16 on CUDA, bfloat16), onnxruntime or OpenVINO,
+each as a callable on (B, C, H, W) tensors that :func:`~elan_arch.inference.upscale.upscale_array` runs
 like the PyTorch network.
 
-:func:`load_backend` takes one model source (a checkpoint, an ``elan export`` ONNX model, an OpenVINO IR, an ncnn
-param file) and returns a :class:`Backend`: the callable, its scale and padding multiple, and a description of
-where it runs. ``elan upscale``, ``elan bench`` and ``elan compare`` choose their runtimes here;
-:func:`add_backend_options` / :func:`backend_from_args` are the command-line side of it.
+:func:`load_backend` takes one model source (a checkpoint, an ``elan export`` ONNX model, an OpenVINO IR) and
+returns a :class:`Backend`: the callable, its scale and padding multiple, and a description of where it runs.
+``elan upscale``, ``elan bench`` and ``elan compare`` choose their runtimes here; :func:`add_backend_options` /
+:func:`backend_from_args` are the command-line side of it. ncnn: see docs/deployment.md (not offered).
 
 bfloat16 on the CPU needs native bfloat16 arithmetic (``avx512_bf16`` or ``amx_bf16`` in the CPU's flags):
 elsewhere oneDNN emulates it, slower than float32, so it is refused (:func:`bf16_unsupported_reason`).
@@ -28,9 +28,8 @@ SOURCES: Dict[str, str] = {
     'weights': 'ELAN checkpoint (.pth/.pt/.safetensors) run by PyTorch',
     'onnx': 'an `elan export` ONNX model run by onnxruntime (CPU, or CUDA with onnxruntime-gpu)',
     'openvino': 'an `elan export --format openvino` IR (MODEL.xml beside MODEL.bin) run by OpenVINO on the CPU',
-    'ncnn': 'an `elan export --format ncnn` model (MODEL.param beside MODEL.bin) run by ncnn on the CPU',
 }
-_METAVARS = {'weights': 'W', 'onnx': 'MODEL.onnx', 'openvino': 'MODEL.xml', 'ncnn': 'MODEL.param'}
+_METAVARS = {'weights': 'W', 'onnx': 'MODEL.onnx', 'openvino': 'MODEL.xml'}
 #: CPU flags (``/proc/cpuinfo``) that mean native bfloat16 arithmetic oneDNN uses.
 BF16_FLAGS = ('avx512_bf16', 'amx_bf16')
 
@@ -118,23 +117,18 @@ def _runtime_backend(kind: str, path: str, device: str, threads: Optional[int], 
         return Backend(net, net.upscale, net.pad_multiple, f'onnxruntime ({net.providers[0]})', 'onnxruntime')
     if device not in ('cpu', 'auto'):
         raise ElanError(f'--{kind} runs on the CPU only here: drop --device {device} (or use --device cpu)')
-    if kind == 'openvino':
-        from elan_arch.deploy.openvino_runtime import OpenVinoNetwork
+    from elan_arch.deploy.openvino_runtime import OpenVinoNetwork
 
-        if bf16:
-            reason = bf16_unsupported_reason()
-            if reason:
-                raise ElanError(f'--bf16: {reason}; drop --bf16 (OpenVINO then runs float32)')
-        net = OpenVinoNetwork(path, threads=threads, precision='bfloat16' if bf16 else 'float32')
-        return Backend(net, net.upscale, net.pad_multiple, f'OpenVINO (CPU, {net.precision})', 'openvino')
-    from elan_arch.deploy.ncnn_runtime import NcnnNetwork
-
-    net = NcnnNetwork(path, threads=threads)
-    return Backend(net, net.upscale, net.pad_multiple, 'ncnn (CPU, float32)', 'ncnn')
+    if bf16:
+        reason = bf16_unsupported_reason()
+        if reason:
+            raise ElanError(f'--bf16: {reason}; drop --bf16 (OpenVINO then runs float32)')
+    net = OpenVinoNetwork(path, threads=threads, precision='bfloat16' if bf16 else 'float32')
+    return Backend(net, net.upscale, net.pad_multiple, f'OpenVINO (CPU, {net.precision})', 'openvino')
 
 
 def load_backend(weights: Optional[str] = None, onnx: Optional[str] = None, openvino: Optional[str] = None,
-                 ncnn: Optional[str] = None, device: str = 'auto', half: bool = False, bf16: bool = False,
+                 device: str = 'auto', half: bool = False, bf16: bool = False,
                  compile_mode: Optional[str] = None, fused_attention: bool = False, threads: Optional[int] = None,
                  scale: Optional[int] = None, overrides: Optional[Dict[str, Any]] = None,
                  unsafe: bool = False) -> Backend:
@@ -144,8 +138,8 @@ def load_backend(weights: Optional[str] = None, onnx: Optional[str] = None, open
         weights: A checkpoint run by PyTorch on ``device`` (``auto``: CUDA if available), float32, or float16
             (``half``, CUDA) or bfloat16 (``bf16``: CUDA, or a CPU with native bfloat16), compiled in
             ``compile_mode`` unless None, with ``fused_attention`` (CUDA's Triton kernels).
-        onnx, openvino, ncnn: An exported model run by that runtime with ``threads`` threads (None: PyTorch's
-            count for OpenVINO and ncnn, onnxruntime's own rule for ONNX); their precision is the model's, except
+        onnx, openvino: An exported model run by that runtime with ``threads`` threads (None: PyTorch's
+            count for OpenVINO, onnxruntime's own rule for ONNX); their precision is the model's, except
             that OpenVINO runs float32 unless ``bf16`` (:mod:`~elan_arch.deploy.openvino_runtime`).
         scale: Refuse a model of another upscale factor (``--scale``).
         overrides: Network options for the checkpoint (``--opt``, ``--window-sizes``, ...), as
@@ -156,11 +150,10 @@ def load_backend(weights: Optional[str] = None, onnx: Optional[str] = None, open
         ElanError: no source or several, options that do not apply to the source, a missing extra (naming its
             pip line), an unreadable model, an unavailable device or precision, another scale.
     """
-    given = {name: value for name, value in (('weights', weights), ('onnx', onnx), ('openvino', openvino),
-                                              ('ncnn', ncnn)) if value}
+    given = {name: value for name, value in (('weights', weights), ('onnx', onnx), ('openvino', openvino)) if value}
     if len(given) != 1:
         named = ', '.join(f'--{name}' for name in given) or 'none'
-        raise ElanError(f'give exactly one model: --weights, --onnx, --openvino or --ncnn (given: {named})')
+        raise ElanError(f'give exactly one model: --weights, --onnx or --openvino (given: {named})')
     (kind, source), = given.items()
     if kind != 'weights':
         used = [opt for opt, on in (('--half', half), ('--bf16', bf16 and kind != 'openvino'),
@@ -201,7 +194,7 @@ def load_backend(weights: Optional[str] = None, onnx: Optional[str] = None, open
 
 
 def add_backend_options(parser: argparse.ArgumentParser) -> None:
-    """``--weights | --onnx | --openvino | --ncnn`` (exactly one) and ``--bf16``, read by :func:`backend_from_args`
+    """``--weights | --onnx | --openvino`` (exactly one) and ``--bf16``, read by :func:`backend_from_args`
     (with ``--device``/``--half``/``--compile`` of :func:`~elan_arch.cli.options.add_device_options`)."""
     group = parser.add_mutually_exclusive_group(required=True)
     for name, text in SOURCES.items():
@@ -218,7 +211,7 @@ def backend_from_args(args: argparse.Namespace) -> Backend:
     from elan_arch.cli.options import network_overrides
 
     overrides = network_overrides(args) if hasattr(args, 'window_sizes') else None
-    return load_backend(weights=args.weights, onnx=args.onnx, openvino=args.openvino, ncnn=args.ncnn,
+    return load_backend(weights=args.weights, onnx=args.onnx, openvino=args.openvino,
                         device=args.device, half=args.half, bf16=args.bf16, compile_mode=args.compile,
                         fused_attention=getattr(args, 'fused_attention', False),
                         threads=getattr(args, 'threads', None), scale=getattr(args, 'scale', None),

@@ -42,8 +42,8 @@ def test_exactly_one_model(weights, tmp_path):
 def test_options_that_do_not_apply_to_an_exported_model(tmp_path):
     with pytest.raises(ElanError, match=r'--half/--compile: not for --onnx'):
         load_backend(onnx=str(tmp_path / 'm.onnx'), half=True, compile_mode='default')
-    with pytest.raises(ElanError, match='--bf16: not for --ncnn'):
-        load_backend(ncnn=str(tmp_path / 'm.param'), bf16=True)
+    with pytest.raises(ElanError, match='--bf16: not for --onnx'):
+        load_backend(onnx=str(tmp_path / 'm.onnx'), bf16=True)
     with pytest.raises(ElanError, match='--window-sizes.*do not apply to --openvino'):
         load_backend(openvino=str(tmp_path / 'm.xml'), overrides={'window_sizes': [8]})
     with pytest.raises(ElanError, match='runs on the CPU only'):
