@@ -20,6 +20,7 @@ from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 from elan_arch.cli import main
 from elan_arch.data import check_lmdb_pair
 from elan_arch.data.paired_image_dataset import check_dataset_options
+from elan_arch.deploy.checkpoint import complete
 from elan_arch.training import basicsr_fixes, startup
 from elan_arch.utils.errors import ElanError
 from helpers.data import photo_like, reference_lr, write
@@ -284,6 +285,9 @@ def test_gan_models_train_elan_with_a_basicsr_discriminator(root, model_type):
     # the basicsr command's EMA carries BatchNorm statistics for BasicSR's own models too
     assert stats and all(torch.equal(saved['params'][k], saved['params_ema'][k]) for k in stats)
     assert any(saved['params_ema'][k].abs().max() > 0 for k in stats)
+    # and records its ELAN generator (deploy/checkpoint.py), not the discriminator
+    assert saved['network_g'] == {'type': 'ELAN', **complete(opt['network_g'])}
+    assert set(torch.load(exp / 'models' / 'net_d_2.pth')) == {'params'}
 
 
 @pytest.mark.slow
