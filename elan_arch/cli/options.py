@@ -41,7 +41,7 @@ def add_network_options(parser: argparse.ArgumentParser, weights: str = 'the wei
     group.add_argument('--shift-windows', action=argparse.BooleanOptionalAction, default=None,
                        help='whether every second block shifts its windows (the weights cannot tell; reference: '
                        'shifted)')
-    group.add_argument('--img-range', type=float,
+    group.add_argument('--img-range', type=float, metavar='R',
                        help='the pixel range (inferred from the mean shift assuming the DIV2K mean; 1 for '
                        'traiNNer-redux\'s norm: true weights, which their files do not record)')
     group.add_argument('--unsafe-load', action='store_true',
