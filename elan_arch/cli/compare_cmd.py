@@ -70,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.models:
         raise ElanError('name the models to compare with -m (e.g. -m bicubic -m net_g_latest.pth) or --net')
+    if getattr(args, 'unsafe_load', False):
+        raise ElanError('--unsafe-load: elan compare reads checkpoints safely only; convert the file once with '
+                        '`elan convert --unsafe-load` and compare the converted checkpoint')
     if args.tile < 0 or args.tile_overlap < 0:
         raise ElanError('--tile and --tile-overlap must be at least 0')
     options = CompareOptions(args.input, args.scale, args.models, args.output, args.device, args.half, args.tile,
