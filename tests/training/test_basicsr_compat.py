@@ -182,6 +182,52 @@ def test_a_failed_vgg_download_names_the_file_and_folder():
         build({'train': {'perceptual_opt': {'type': 'PerceptualLoss'}}})
 
 
+def test_apply_installs_the_download_message_on_basicsr_train(monkeypatch):
+    """The ``basicsr`` command's ``basicsr.train.build_model`` (after :func:`basicsr_fixes.apply`) turns a failed
+    download inside basicsr's real model building (here BasicSR's own ``PerceptualLoss`` fetching torchvision's
+    VGG, offline) into the message, not urllib's traceback."""
+    import basicsr.train as train
+    import torchvision.models._api as weights_api
+    from basicsr.losses import build_loss
+    from basicsr.utils.registry import MODEL_REGISTRY
+
+    basicsr_fixes.apply()
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError('Name or service not known')
+    monkeypatch.setattr(weights_api, 'load_state_dict_from_url', offline)
+    monkeypatch.setattr(torch.hub, 'load_state_dict_from_url', offline)
+    monkeypatch.setattr('basicsr.archs.vgg_arch.VGG_PRETRAIN_PATH', '/nonexistent/vgg19.pth')
+    monkeypatch.setitem(MODEL_REGISTRY._obj_map, 'PerceptualOnlyModel', lambda opt: build_loss(
+        dict(opt['train']['perceptual_opt'])))
+    perceptual = {'type': 'PerceptualLoss', 'layer_weights': {'conv5_4': 1}, 'vgg_type': 'vgg19'}
+    with pytest.raises(ElanError, match=r"download that failed: Name or service not known \(train:perceptual_opt "
+                                        r"needs torchvision's pretrained vgg19 weights"):
+        train.build_model({'model_type': 'PerceptualOnlyModel', 'train': {'perceptual_opt': perceptual}})
+
+
+def test_apply_makes_basicsr_saves_atomic(tmp_path, monkeypatch):
+    """After :func:`basicsr_fixes.apply`, basicsr's ``BaseModel.save_network`` and ``save_training_state``
+    write into a hidden temporary folder and rename the checked file into place."""
+    from basicsr.models.base_model import BaseModel
+
+    basicsr_fixes.apply()
+    model = BaseModel.__new__(BaseModel)
+    model.opt = {'rank': 0, 'dist': False, 'num_gpu': 0,
+                 'path': {'models': str(tmp_path / 'models'), 'training_states': str(tmp_path / 'training_states')}}
+    model.optimizers, model.schedulers = [torch.optim.SGD(torch.nn.Conv2d(1, 1, 1).parameters(), lr=0.1)], []
+    written: List[Path] = []
+    real_save = torch.save
+    monkeypatch.setattr(torch, 'save', lambda obj, f, *a, **k: (written.append(Path(f)), real_save(obj, f, *a, **k)))
+    model.save_network(torch.nn.Conv2d(1, 1, 1), 'net_g', 5)
+    model.save_training_state(0, 5)
+    assert [(p.parent.parent.name, p.parent.name[:len('.saving-')], p.name) for p in written] == [
+        ('models', '.saving-', 'net_g_5.pth'), ('training_states', '.saving-', '5.state')]
+    assert not any(p.exists() or p.parent.exists() for p in written)  # renamed; the temporary folders gone
+    assert set(torch.load(tmp_path / 'models' / 'net_g_5.pth')['params']) == {'weight', 'bias'}
+    assert torch.load(tmp_path / 'training_states' / '5.state')['iter'] == 5
+
+
 def test_wandb_project_without_wandb_is_refused_up_front(monkeypatch):
     import importlib.util
 
