@@ -2,9 +2,10 @@
 
 basicsr builds ``network_g`` with ``ARCH_REGISTRY.get(type)(**options)`` and loads
 ``path.pretrain_network_g`` into it only once the run's folders exist, so a misspelt option
-(``c_elann: 60``) or the weights of another scale or variant ended in a ``TypeError`` or a page of
-``size mismatch for ...`` tracebacks. :func:`check_network_options` and :func:`pretrained_mismatch`
-say the same in one line, before anything is made (:mod:`elan_arch.training.startup` calls them).
+(``c_elann: 60``), a value the constructor refuses (``window_sizes: [4, 8, 15]``) or the weights of another
+scale or variant ended in a ``TypeError``, a ``ValueError`` or a page of ``size mismatch for ...``
+tracebacks. :func:`check_network_options` and :func:`pretrained_mismatch` say the same in one line,
+before anything is made (:mod:`elan_arch.training.startup` calls them).
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def _parameters(arch: Any) -> Optional[Dict[str, inspect.Parameter]]:
 
 def check_network_options(opt: Dict[str, Any]) -> None:
     """Every ``network_*`` option block must name only options its architecture's constructor takes, and all
-    the ones it requires; :class:`ElanError` naming the block, the key and the valid keys otherwise."""
+    the ones it requires, with values it accepts (:func:`constructor_refusal`); :class:`ElanError` naming the
+    block, the key and the valid keys, or the constructor's rule, otherwise."""
     for block, options in opt.items():
         if not block.startswith('network_') or not isinstance(options, dict) or not options.get('type'):
             continue
@@ -60,6 +62,32 @@ def check_network_options(opt: Dict[str, Any]) -> None:
         missing = [k for k, p in params.items() if p.default is p.empty and k not in given]
         if missing:
             raise ElanError(f'option {block}: {options["type"]} needs {", ".join(missing)} (its options are {valid})')
+        refused = constructor_refusal(arch, {key: options[key] for key in given})
+        if refused:
+            raise ElanError(f'option {block}: {refused}; change it in the option file (or --force_yml)')
+
+
+def constructor_refusal(arch: Any, options: Dict[str, Any]) -> Optional[str]:
+    """The rule the constructor states when it refuses ``options`` (its ``ValueError``/``TypeError``), or None.
+
+    The network is built on PyTorch's ``meta`` device (shapes only, no memory, no arithmetic), so even a large
+    one costs nothing; a refusal there is confirmed by building it for real, since an operation that the meta
+    device lacks is no fault of the options. Other errors are left for basicsr to meet as before."""
+    import torch
+
+    try:
+        with torch.device('meta'):
+            arch(**options)
+        return None
+    except (ValueError, TypeError) as err:
+        meta_error = err
+    except Exception:  # noqa: BLE001  (not the options' fault on the meta device)
+        return None
+    try:
+        arch(**options)
+    except (ValueError, TypeError) as err:
+        return str(err) or str(meta_error)
+    return None
 
 
 def _state_dict(loaded: Any, param_key: Optional[str]) -> Any:

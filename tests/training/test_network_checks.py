@@ -3,6 +3,8 @@ are one-line messages at start-up (basicsr: a TypeError, or pages of "size misma
 from __future__ import annotations
 
 import copy
+import re
+import subprocess
 
 import pytest
 import torch
@@ -12,6 +14,8 @@ import basicsr.archs  # noqa: F401  (registers basicsr's own archs: EDSR, ...)
 from elan_arch import ELAN, ELAN_VARIANTS
 from elan_arch.training.network_checks import check_network_options, pretrained_mismatch
 from elan_arch.utils.errors import ElanError
+from helpers.commands import command
+from helpers.train import TEST_ENV, TEST_OPT, TRAIN_OPT, demo_root
 
 LIGHT_X4 = {'type': 'ELAN', 'upscale': 4, 'c_elan': 60, 'm_elan': 24, 'n_share': 1, 'r_expand': 2}
 EDSR = {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 16, 'num_block': 2, 'upscale': 4}
@@ -39,6 +43,17 @@ def test_valid_network_options_pass():
     check_network_options({'network_g': {'type': 'NotRegistered', 'x': 1}})  # the registry check names it
 
 
+@pytest.mark.parametrize('network,rule', [
+    ({**LIGHT_X4, 'window_sizes': [4, 8, 15]}, 'ELAN: window_sizes must be positive even integers'),
+    ({**LIGHT_X4, 'n_share': 4}, 'ELAN: m_elan=24 must be a positive multiple of 1 + n_share=5'),
+    ({**LIGHT_X4, 'c_elan': 61}, 'ELAN: c_elan=61 must be divisible by len(window_sizes)=3'),
+    ({**EDSR, 'num_feat': 'wide'}, ''),  # a TypeError inside the constructor: its own words
+])
+def test_values_the_constructor_refuses_are_its_rule(network, rule):
+    with pytest.raises(ElanError, match=r'^option network_g: ' + re.escape(rule)):
+        check_network_options(options(network))
+
+
 def state(upscale: int, variant: str = 'ELAN-light') -> dict:
     return ELAN(upscale=upscale, **ELAN_VARIANTS[variant]).state_dict()
 
@@ -64,3 +79,26 @@ def test_weights_that_fit_or_load_loosely_pass():
     assert pretrained_mismatch(options(LIGHT_X4, strict_load_g=False), 'pretrain_network_g',
                                {'params': state(2)}) is None  # basicsr loads what fits: x2 to start x4
     assert pretrained_mismatch(options(EDSR), 'pretrain_network_g', {'params': state(2)}) is None  # not an ELAN
+
+
+@pytest.fixture(scope='module')
+def demo(tmp_path_factory):
+    return demo_root(tmp_path_factory.mktemp('root'))
+
+
+@pytest.mark.parametrize('subcommand', ['train', 'test'])
+@pytest.mark.parametrize('change,rule', [
+    (['network_g:window_sizes=[4,8,15]'], 'window_sizes must be positive even integers (shifted windows roll by '
+                                          'half a window), got [4, 8, 15]'),
+    (['network_g:n_share=4', 'network_g:m_elan=24'], 'm_elan=24 must be a positive multiple of 1 + n_share=5'),
+])
+def test_values_the_constructor_refuses_stop_basicsr_before_any_folder(demo, subcommand, change, rule):
+    """The real ``basicsr`` command: the constructor's rule as the message, exit 2, no traceback, and neither
+    ``experiments/`` nor ``results/`` made."""
+    option = TRAIN_OPT if subcommand == 'train' else TEST_OPT
+    result = subprocess.run([*command('basicsr'), subcommand, '-opt', option, '--force_yml', *change], cwd=demo,
+                            env=TEST_ENV, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert f'option network_g: ELAN: {rule}' in result.stderr and 'Traceback' not in output, output
+    assert sorted(p.name for p in demo.iterdir()) == ['datasets']
