@@ -75,6 +75,7 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
+import sys
 import tempfile
 from os import path as osp
 from typing import Any, Callable, Dict, Optional
@@ -163,12 +164,18 @@ def model_to_device(self: Any, net: torch.nn.Module) -> torch.nn.Module:
 
 
 def checked_options(parse_options: Callable) -> Callable:
-    """Wrap ``basicsr.utils.options.parse_options``: the options it returns must be runnable on this
-    machine (:func:`startup.check_devices`)."""
+    """Wrap ``basicsr.utils.options.parse_options``: ``--force_yml datasets:NAME=~`` drops that data set
+    (:func:`startup.take_dropped_datasets`; basicsr failed with a TypeError), and the options it returns must be
+    runnable on this machine (:func:`startup.check_devices`)."""
 
     @functools.wraps(parse_options)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        opt, parsed = parse_options(*args, **kwargs)
+        argv, sys.argv[1:] = sys.argv[1:], startup.take_dropped_datasets(sys.argv[1:])[0]
+        try:
+            opt, parsed = parse_options(*args, **kwargs)
+        finally:
+            dropped, sys.argv[1:] = startup.take_dropped_datasets(argv)[1], argv
+        startup.drop_datasets(opt, dropped)
         startup.check_devices(opt)
         return opt, parsed
 

@@ -106,6 +106,39 @@ def check_test_options(opt: Dict[str, Any]) -> None:
     check_pretrained(opt)
 
 
+def take_dropped_datasets(argv: List[str]) -> Tuple[List[str], List[str]]:
+    """``--force_yml datasets:NAME=~`` (or ``null``) asks to drop a data set, but basicsr's option parsing sets
+    it to None and then indexes it (a TypeError). Such entries are taken out of ``argv`` (the flag too, if
+    nothing is left after it); returns that argv and the names, which :func:`drop_datasets` removes from the
+    parsed options."""
+    if '--force_yml' not in argv:
+        return argv, []
+    start = argv.index('--force_yml') + 1
+    end = next((i for i in range(start, len(argv)) if argv[i].startswith('-')), len(argv))
+    kept, names = [], []
+    for entry in argv[start:end]:
+        keys, _, value = entry.partition('=')
+        parts = [k.strip() for k in keys.split(':')]
+        if len(parts) == 2 and parts[0] == 'datasets' and value.strip() in ('~', 'null', 'None', 'none'):
+            names.append(parts[1])
+        else:
+            kept.append(entry)
+    if not names:
+        return argv, []
+    return argv[:start - (0 if kept else 1)] + kept + argv[end:], names
+
+
+def drop_datasets(opt: Dict[str, Any], names: List[str]) -> None:
+    """Remove the data sets :func:`take_dropped_datasets` found from the parsed options; a name the option file
+    does not have is an :class:`ElanError` naming the ones it has."""
+    datasets = opt.get('datasets') or {}
+    for name in names:
+        if name not in datasets:
+            raise ElanError(f'--force_yml datasets:{name}=~: the option file has no data set {name!r} (it has '
+                            f'{", ".join(datasets) or "none"})')
+        del datasets[name]
+
+
 def _check_wandb(logger_opt: Dict[str, Any]) -> None:
     """basicsr starts wandb when ``logger:wandb:project`` is set: it needs the package and the TensorBoard
     logger (which it syncs), else a traceback after the run's folders exist."""

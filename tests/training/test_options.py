@@ -2,6 +2,7 @@
 carry the reference recipe of docs/elan_spec.md, the test files the five benchmarks."""
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +12,9 @@ import elan_arch  # noqa: F401  (before basicsr)
 from basicsr.archs import build_network
 from basicsr.utils.options import parse_options
 from basicsr.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
+from elan_arch.utils.errors import ElanError
+from helpers.commands import command
+from helpers.train import TEST_ENV
 
 OPTIONS = Path(__file__).resolve().parents[2] / 'options'
 # Trainable parameters counted on the reference code (docs/elan_spec.md).
@@ -88,3 +92,36 @@ def test_test_option_covers_the_five_benchmarks(variant, scale, tmp_path, monkey
         assert test_set['dataroot_lq'] == f'datasets/{test_set["name"]}/LRbicx{scale}'
     assert opt['path']['pretrain_network_g'] == f'experiments/{variant}_x{scale}_DIV2K/models/net_g_latest.pth'
     assert opt['path']['results_root'] == str(tmp_path / 'results' / opt['name'])
+
+
+def test_force_yml_drops_a_data_set():
+    """``--force_yml datasets:NAME=~`` drops that set (basicsr's parser set it to None and failed on it)."""
+    from elan_arch.training.startup import drop_datasets, take_dropped_datasets
+
+    argv = ['-opt', 'x.yml', '--force_yml', 'datasets:test_2=~', 'name=a', 'datasets:test_3 = null', '--debug']
+    assert take_dropped_datasets(argv) == (['-opt', 'x.yml', '--force_yml', 'name=a', '--debug'], ['test_2', 'test_3'])
+    assert take_dropped_datasets(['-opt', 'x.yml', '--force_yml', 'datasets:test_2=~']) == (['-opt', 'x.yml'],
+                                                                                           ['test_2'])
+    kept = ['-opt', 'x.yml', '--force_yml', 'datasets:test_2:dataroot_gt=~', 'val=~']  # not a whole set
+    assert take_dropped_datasets(kept) == (kept, [])
+    opt = {'datasets': {'test_1': {}, 'test_2': {}}}
+    drop_datasets(opt, ['test_2'])
+    assert list(opt['datasets']) == ['test_1']
+    with pytest.raises(ElanError, match=r"--force_yml datasets:test_9=~: the option file has no data set 'test_9' "
+                                        r'\(it has test_1\)'):
+        drop_datasets(opt, ['test_9'])
+
+
+def test_basicsr_test_with_a_dropped_data_set_goes_on_to_the_others(tmp_path):
+    """The real command: the dropped set is gone (the first missing files named are the next set's), no
+    TypeError; dropping the only set is the empty-datasets message."""
+    option = str(OPTIONS / 'ablation' / 'test_ELAN_light_x4_window8.yml')
+    result = subprocess.run([*command('basicsr'), 'test', '-opt', option, '--force_yml', 'datasets:test_1=~'],
+                            cwd=tmp_path, env=TEST_ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and 'Traceback' not in result.stdout + result.stderr, result.stderr
+    assert 'dataset Set14: dataroot_gt datasets/Set14/GTmod12' in result.stderr, result.stderr
+    demo = str(OPTIONS / 'test_ELAN_light_x4_demo.yml')
+    result = subprocess.run([*command('basicsr'), 'test', '-opt', demo, '--force_yml', 'datasets:test_1=~'],
+                            cwd=tmp_path, env=TEST_ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and 'option datasets is empty' in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []
