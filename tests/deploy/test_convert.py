@@ -130,5 +130,7 @@ def test_missing_source_and_scale_override_mismatch(tmp_path, capsys):
 
 
 def test_convert_help_works():
-    result = subprocess.run(['elan', 'convert', '--help'], capture_output=True, text=True, timeout=300)
+    from helpers.commands import command  # this interpreter's own elan, not PATH's (no activated venv needed)
+
+    result = subprocess.run([*command('elan'), 'convert', '--help'], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and 'strict_load_g' in result.stdout
