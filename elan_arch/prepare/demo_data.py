@@ -71,7 +71,9 @@ def prepare_demo(root: PathLike = 'datasets/demo', scales: Iterable[int] = (2, 3
         (tmp / 'SOURCES.txt').write_text(demo_sources())
         summary = prepare_div2k(tmp, scales=scales, crop_size=DEMO_CROP_SIZE, step=DEMO_STEP, workers=workers,
                                 progress=progress)
-        summary.add(prepare_benchmark(tmp / 'val', scales=scales, workers=workers, progress=progress))
+        validation = prepare_benchmark(tmp / 'val', scales=scales, workers=workers, progress=progress)
+        validation.crops = 0  # whole held-out photos, not crops: the summary's crops are the training pairs
+        summary.add(validation)
     summary.outputs = [out.replace(str(tmp), str(root)) for out in summary.outputs]
     summary.seconds = time.perf_counter() - start
     return summary

@@ -133,3 +133,11 @@ def test_worker_defaults_fit_the_input_size():
     assert parser.parse_args(['prepare', 'demo']).workers == 1
     assert parser.parse_args(['prepare', 'demo', '--workers', '3']).workers == 3
     assert parser.parse_args(['prepare', 'div2k', '--input', 'x']).workers == min(8, os.cpu_count() or 1)
+
+
+def test_the_demo_summary_counts_its_training_crop_pairs(tmp_path):
+    """``elan prepare demo`` says what docs/data.md says: 9 training photos in 129 crop pairs, 2 held-out photos."""
+    from elan_arch.prepare import prepare_demo
+
+    summary = prepare_demo(tmp_path / 'demo', scales=(4, ), workers=1, progress=False)
+    assert (summary.images, summary.crops) == (11, 129) and str(summary).startswith('11 images -> 129 crops')
