@@ -37,8 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--half', action='store_true', help='float16 model (float16 input and output)')
     parser.add_argument('--opset', type=int, default=OPSET, help=f'ONNX opset (default: {OPSET})')
     parser.add_argument('--dynamo', action='store_true',
-                        help='use the torch.export-based exporter (opset >= 18; much slower to export) instead of '
-                        'the TorchScript-based one')
+                        help='use the torch.export-based exporter (opset >= 18) instead of the TorchScript-based '
+                        'one; with --shape or --tile only')
     fixed = parser.add_mutually_exclusive_group()
     fixed.add_argument('--shape', metavar='BxCxHxW',
                        help='fixed input shape, e.g. 1x3x256x256 (default: dynamic batch, height and width)')

@@ -13,8 +13,9 @@ Every export is simplified by onnxsim (constant folding, shape inference, duplic
 then checked against the PyTorch network in float32.
 
 Exporters: the TorchScript-based ``torch.onnx.export(dynamo=False)`` by default (PyTorch
-deprecates it, but it exports ELAN-light in seconds where the ``torch.export``-based one
-needs about a minute, spent on symbolic shapes), ``dynamo=True`` for the latter.
+deprecates it, but it exports ELAN-light in seconds), ``dynamo=True`` for the ``torch.export``-based
+one, with a fixed shape only: with symbolic sizes it guards on the number of windows (whether there is
+one) and fails.
 """
 from __future__ import annotations
 
@@ -242,7 +243,7 @@ def export_onnx(net: ELAN, path: PathLike, config: Dict[str, Any], half: bool = 
         config: Its ELAN keyword arguments (recorded in the metadata).
         half: Export in float16 (input and output float16 too).
         opset: ONNX opset.
-        dynamo: Use the ``torch.export``-based exporter (opset >= 18).
+        dynamo: Use the ``torch.export``-based exporter (opset >= 18; with a fixed ``shape`` only).
         check: Compare with PyTorch (:func:`verify_onnx`); only a benchmark of random weights,
             whose untrained attention is numerically meaningless, skips it.
         tolerance: Largest accepted max |ONNX - PyTorch|; default :data:`TOLERANCE` of the dtype.
@@ -254,6 +255,9 @@ def export_onnx(net: ELAN, path: PathLike, config: Dict[str, Any], half: bool = 
     """
     require('onnx', 'onnx', 'elan export')
     require('onnxruntime', 'onnx', 'elan export')
+    if dynamo and shape is None:
+        raise ElanError('--dynamo exports a fixed input shape only (give --shape or --tile): torch.export cannot keep '
+                        'the runtime graph\'s window counts symbolic; the default exporter writes dynamic axes')
     dtype = torch.float16 if half else torch.float32
     model = DeployELAN(attention_in_float32(_in_dtype(net, dtype), dtype)).eval()
     colors = net.head[0].in_channels

@@ -5,7 +5,8 @@
 and ncnn rather than for PyTorch:
 
 * **No rolls.** A shifted block's cyclic roll and its window partition are one row ``Gather`` in
-  the fast path's pixel order (:func:`~elan_arch.archs.window_ops._window_order`, with the roll),
+  the fast path's pixel order (:func:`~elan_arch.archs.window_ops._window_order`, with the roll; here
+  computed as its inverse, :func:`window_positions`),
   the window reverse and the opposite roll one ``Gather`` by the inverse order; unshifted blocks
   gather the same way. The orders are computed once per forward from the padded size (constants in
   a fixed-shape export) and shared by every GMSA.
@@ -36,7 +37,6 @@ from torch import Tensor, nn
 from elan_arch.archs.elan_arch import ELAN
 from elan_arch.archs.elan_blocks import GMSA
 from elan_arch.archs.elan_fast import fold_batchnorm
-from elan_arch.archs.window_ops import _window_order
 
 #: (window size, rolled) -> (order, inverse order) of the padded map's pixels (:func:`window_orders`).
 Orders = Dict[Tuple[int, bool], Tuple[Tensor, Tensor]]
@@ -55,14 +55,30 @@ def reflect_indices(size: int, target: int) -> Tensor:
     return torch.where(i >= size, period - i, i)
 
 
+def window_positions(h: int, w: int, ws: int, rolled: bool) -> Tensor:
+    """Where each pixel of a row-major (h, w) map goes in the fast path's window order: the inverse
+    permutation of :func:`~elan_arch.archs.window_ops._window_order` (tested equal), (h*w,) int64.
+
+    Computed as a sum of a row term and a column term, without reshapes by ``h // ws``: the exporters
+    trace ``h`` and ``w`` (symbolic in ``torch.export``, which cannot prove ``ws`` divides them and would
+    fix the size), so the graph computes it for every size.
+    """
+    rows, cols = torch.arange(h), torch.arange(w)
+    if rolled:  # the rolled map's pixel (r, c) is the input's (r + ws/2, c + ws/2): input r sits at r - ws/2
+        rows, cols = torch.remainder(rows - ws // 2, h), torch.remainder(cols - ws // 2, w)
+    row_term = (rows // ws) * (w // ws * ws * ws) + rows % ws * ws
+    col_term = (cols // ws) * (ws * ws) + cols % ws
+    return (row_term.unsqueeze(1) + col_term.unsqueeze(0)).reshape(-1)
+
+
 def window_orders(h: int, w: int, net: ELAN) -> Orders:
     """For every window size of ``net`` and roll its blocks use, the pixel order of the (h, w) map's
     windows (roll + window partition as one gather) and its inverse (window reverse + opposite roll)."""
     orders: Orders = {}
     for ws in net.window_sizes:
         for rolled in sorted({gmsa.shift for block in net.body for gmsa in block.modules_gmsa.values()}):
-            order = _window_order(h, w, ws, rolled, torch.device('cpu'))
-            orders[ws, rolled] = order, torch.argsort(order)
+            positions = window_positions(h, w, ws, rolled)
+            orders[ws, rolled] = torch.argsort(positions), positions
     return orders
 
 
@@ -85,12 +101,15 @@ def gmsa_windows(m: GMSA, x: Tensor, size: Tuple[int, int, int], orders: Orders,
     outputs, maps = [], []
     for idx, (ws, part) in enumerate(zip(m.window_sizes, rows.split(m.split_chns, dim=2))):
         order, inverse = orders[ws, m.shift]
-        tokens = part.index_select(1, order).reshape(-1, ws * ws, part.shape[2]).float()
+        # (B, HW, c) -> (B * windows, L, c) as unflatten + flatten, the number of windows spelled out: a
+        # reshape makes torch.export guard on whether there is one window
+        windows = (h // ws) * (w // ws)
+        tokens = part.index_select(1, order).unflatten(1, (windows, ws * ws)).flatten(0, 1).float()
         if shared is None:
             atn, v = m.attention_maps(tokens)
         else:
             atn, v = shared[idx], tokens
-        y = (atn @ v).to(x.dtype).reshape(b, h * w, v.shape[2])
+        y = (atn @ v).to(x.dtype).unflatten(0, (b, windows)).flatten(1, 2)  # (B, HW, c)
         outputs.append(y.index_select(1, inverse))
         maps.append(atn)
     y = torch.cat(outputs, dim=2).reshape(b, h, w, -1).permute(0, 3, 1, 2)  # the second transpose

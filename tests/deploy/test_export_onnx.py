@@ -156,7 +156,9 @@ def test_export_command_reads_checkpoints_refuses_overwrite_and_reports_disagree
 def test_dynamo_exporter_gives_the_same_model(tmp_path):
     # two ELABs of one (LFE, GMSA) pair: an unshifted and a shifted one, in few ops (this exporter is slow)
     net = calibrated(ELAN(upscale=3, c_elan=15, m_elan=2, n_share=0), to_tensor(photo(32, 32)))
-    result = export_onnx(net, tmp_path / 'dynamo.onnx', {}, dynamo=True)
+    with pytest.raises(ElanError, match=r'--dynamo exports a fixed input shape only \(give --shape or --tile\)'):
+        export_onnx(net, tmp_path / 'dynamo.onnx', {}, dynamo=True)
+    result = export_onnx(net, tmp_path / 'dynamo.onnx', {}, dynamo=True, shape=(1, 7, 30))
     assert result.metadata['elan.opset'] == '18' and all(d < 1e-4 for _, d in result.diffs)
     x = smooth_images(1, 3, 7, 30, seed=1)
     with torch.no_grad():
