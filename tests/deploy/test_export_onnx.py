@@ -233,6 +233,17 @@ def test_fixed_tile_export_matches_pytorch_on_tiles(tmp_path, capsys):
     assert '--tile 0: must be a positive tile size' in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('h,w', [(16, 16), (32, 48), (48, 16)])
+def test_window_positions_invert_the_fast_paths_window_order(h, w):
+    from elan_arch.archs.window_ops import _window_order
+    from elan_arch.deploy.onnx_graph import window_positions
+
+    for ws in (2, 4, 8, 16):
+        for rolled in (False, True):
+            order = _window_order(h, w, ws, rolled, torch.device('cpu'))
+            assert torch.equal(order[window_positions(h, w, ws, rolled)], torch.arange(h * w)), (ws, rolled)
+
+
 def test_session_settings_follow_pytorch(monkeypatch, tmp_path):
     from elan_arch.deploy.onnx_runtime import session_options
     import onnxruntime as ort
