@@ -105,8 +105,8 @@ def lpips_network() -> Any:
     try:
         import lpips
     except ImportError as err:
-        raise ElanError("metric calculate_lpips needs the lpips package: pip install lpips (or pip install -e "
-                        "'.[lpips]'), then the AlexNet weights (" + _weights_hint() + ')') from err
+        raise ElanError('metric calculate_lpips needs the lpips package: pip install lpips, then the AlexNet weights '
+                        f'({_weights_hint()})') from err
     weights = lpips_weights_path()
     if not weights.is_file():
         raise ElanError(f'metric calculate_lpips: the AlexNet weights are not at {weights}; this machine would have to '

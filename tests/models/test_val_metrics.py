@@ -79,8 +79,8 @@ def test_lpips_says_what_to_install_and_where_the_weights_go(monkeypatch, tmp_pa
     try:
         import lpips  # noqa: F401
     except ImportError:
-        with pytest.raises(ElanError, match=r'needs the lpips package: pip install lpips .*copy it to '
-                                            + re.escape(expected)):
+        with pytest.raises(ElanError, match=r'needs the lpips package: pip install lpips, then the AlexNet weights '
+                                            r'.*copy it to ' + re.escape(expected)):
             val_metrics.calculate_lpips(img, img, 4)
         return
     with pytest.raises(ElanError, match=r'the AlexNet weights are not at ' + re.escape(expected) +
