@@ -83,8 +83,8 @@ def torch_dtype(device: torch.device, half: bool, bf16: bool) -> torch.dtype:
                         'with native bfloat16 or on CUDA)')
     if half:
         if device.type != 'cuda':
-            raise ElanError('--half (float16) needs a CUDA device: float16 is slow or unsupported on the CPU; '
-                            'drop --half, or use --bf16 on a CPU with native bfloat16, or --device cuda')
+            raise ElanError('--half needs a CUDA device (float16 is slow or unsupported on the CPU); drop --half, '
+                            'use --bf16 on a CPU with native bfloat16, or pass --device cuda')
         return torch.float16
     if bf16:
         reason = None if device.type == 'cuda' else bf16_unsupported_reason()

@@ -454,7 +454,8 @@ def test_a_truncated_jpeg_alone_is_an_error_and_writes_nothing(tmp_path, weights
         assert main(['upscale', '-i', str(tmp_path / name), '-o', str(out), '--weights', str(weights),
                      '--device', 'cpu', '--quiet']) == 2
         err = capfd.readouterr().err
-        assert err.startswith(f'elan upscale: error: {tmp_path / name} ') and 'replace it with a good copy' in err
+        error = err.splitlines()[-1]  # after the loader's note on the windows a bare state_dict cannot tell
+        assert error.startswith(f'elan upscale: error: {tmp_path / name} ') and 'replace it with a good copy' in error
         assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith('.')]
 
 
