@@ -104,3 +104,15 @@ def test_refusals(model, tmp_path, capsys):
         load_backend(openvino=str(lonely))
     with pytest.raises(ElanError, match='no such OpenVINO IR'):
         load_backend(openvino=str(tmp_path / 'missing.xml'))
+
+
+def test_bench_rows():
+    # elan bench --backends openvino: exported, run, compared with PyTorch float32 on the photo
+    from elan_arch.bench.backends import measure_backends
+
+    net = ELAN(upscale=2, c_elan=15, m_elan=2, n_share=1).eval()
+    results, anchor = measure_backends(['torch', 'openvino'], net, ELAN(upscale=2, c_elan=15, m_elan=2).eval(),
+                                       (20, 27), 1, 1, 0, False)
+    openvino = results[1]
+    assert openvino.error is None and len(openvino.latencies) == 1 and anchor.latencies
+    assert openvino.max_levels <= 1 and openvino.mean_levels < 0.01
