@@ -305,13 +305,10 @@ def format_table(results: Dict[str, dict]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if '--realworld' in argv:  # the real-world demo has its own options (python -m elan_arch.demo --realworld -h)
-        from elan_arch.demo import realworld
-
-        return realworld.main([a for a in argv if a != '--realworld'])
     parser = argparse.ArgumentParser(prog='python -m elan_arch.demo', description=__doc__.split('\n\n')[0])
     parser.add_argument('--realworld', action='store_true', help='the real-world demo instead: ELAN-light in '
-                        'BasicSR\'s Real-ESRNet pipeline on degraded photos (elan_arch/demo/realworld.py)')
+                        'BasicSR\'s Real-ESRNet pipeline on degraded photos (elan_arch/demo/realworld.py; its own '
+                        'options: python -m elan_arch.demo --realworld -h)')
     parser.add_argument('--iters', type=int, help=f'training iterations (default: total_iter of {TRAIN_OPT}; '
                                                   f'{GPU_ITERS} with a GPU)')
     parser.add_argument('--variant', help='train and test one of the paper\'s ablation variants of ELAN-light '
@@ -321,6 +318,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='change an ELAN option of network_g for this run (repeatable; e.g. --set lfe=conv1x1 '
                         'or --set network_g:window_sizes=[8,16]); its runs get their own names')
     args = parser.parse_args(argv)
+    if args.realworld:  # python -m elan_arch.demo --realworld runs elan_arch.demo.realworld (__main__.py)
+        parser.error('--realworld: run it as python -m elan_arch.demo --realworld (or make demo-realworld)')
     start = time.perf_counter()
     resume = f'basicsr train -opt {TRAIN_OPT} --auto_resume'
     try:
