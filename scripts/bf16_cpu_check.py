@@ -21,6 +21,7 @@ import elan_arch  # noqa: F401  (before basicsr)
 from elan_arch import ELAN, ELAN_VARIANTS
 from elan_arch.bench.backends import calibrate
 from elan_arch.inference.backends import bf16_unsupported_reason, torch_backend
+from elan_arch.utils.cpu_tuning import tune_process
 
 PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'immunohistochemistry')
 
@@ -38,6 +39,7 @@ def main() -> None:
     reason = bf16_unsupported_reason()
     if reason:
         raise SystemExit(f'bfloat16: {reason}')
+    tune_process()  # as the elan commands: subnormals flushed, malloc thresholds
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     photos = {name: crop(name) for name in PHOTOS}
