@@ -187,7 +187,13 @@ def verify_onnx(path: PathLike, net: ELAN, shapes=VERIFY_SHAPES) -> List[Tuple[T
     """
     from elan_arch.deploy.onnx_runtime import OnnxNetwork
 
-    runtime = OnnxNetwork(path)
+    return runtime_differences(OnnxNetwork(path), 'onnxruntime', path, net, shapes)
+
+
+def runtime_differences(runtime, label: str, path: PathLike, net: ELAN,
+                        shapes) -> List[Tuple[Tuple[int, ...], float]]:
+    """Max |``runtime`` - PyTorch| against float32 ``net`` at each (batch, H, W) on :func:`smooth_images`;
+    ``runtime`` is a loaded model with ``colors`` and ``dtype`` (``label`` and ``path`` name it in errors)."""
     reference = copy.deepcopy(net).float().eval()
     diffs = []
     for seed, (batch, h, w) in enumerate(shapes):
@@ -196,7 +202,7 @@ def verify_onnx(path: PathLike, net: ELAN, shapes=VERIFY_SHAPES) -> List[Tuple[T
             expected = reference(x)
         got = runtime(x.to(runtime.dtype)).float()
         if got.shape != expected.shape:
-            raise ElanError(f'{path}: onnxruntime gave shape {tuple(got.shape)} for input {tuple(x.shape)}, '
+            raise ElanError(f'{path}: {label} gave shape {tuple(got.shape)} for input {tuple(x.shape)}, '
                             f'PyTorch {tuple(expected.shape)}')
         diffs.append(((batch, runtime.colors, h, w), (got - expected).abs().max().item()))
     return diffs

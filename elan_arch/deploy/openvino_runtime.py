@@ -12,7 +12,6 @@ levels. :class:`OpenVinoNetwork` therefore sets ``INFERENCE_PRECISION_HINT`` to 
 """
 from __future__ import annotations
 
-import copy
 import shutil
 import tempfile
 from pathlib import Path
@@ -93,22 +92,10 @@ class OpenVinoExport:
 
 def verify_openvino(path: PathLike, net: nn.Module, shapes) -> List[Tuple[Tuple[int, ...], float]]:
     """Max |OpenVINO (float32) - PyTorch| of the IR at ``path`` against float32 ``net`` at each (batch, H, W)
-    (smooth random images, as the ONNX check)."""
-    from elan_arch.deploy.onnx_export import smooth_images
+    (smooth random images, as the ONNX check: :func:`~elan_arch.deploy.onnx_export.runtime_differences`)."""
+    from elan_arch.deploy.onnx_export import runtime_differences
 
-    runtime = OpenVinoNetwork(path)
-    reference = copy.deepcopy(net).float().eval()
-    diffs = []
-    for seed, (batch, h, w) in enumerate(shapes):
-        x = smooth_images(batch, runtime.colors, h, w, seed)
-        with torch.no_grad():
-            expected = reference(x)
-        got = runtime(x)
-        if got.shape != expected.shape:
-            raise ElanError(f'{path}: OpenVINO gave shape {tuple(got.shape)} for input {tuple(x.shape)}, '
-                            f'PyTorch {tuple(expected.shape)}')
-        diffs.append(((batch, runtime.colors, h, w), (got - expected).abs().max().item()))
-    return diffs
+    return runtime_differences(OpenVinoNetwork(path), 'OpenVINO', path, net, shapes)
 
 
 class OpenVinoNetwork:
