@@ -4,7 +4,7 @@
 The IR is converted from the ONNX model of :func:`~elan_arch.deploy.onnx_export.export_onnx` (the runtime graph
 of :mod:`~elan_arch.deploy.onnx_graph`: window gathers, rank <= 4), weights kept in float32; it inherits the
 ONNX model's dynamic axes (or fixed shape) and its ``elan.*`` metadata (``rt_info['framework']``).
-Converting the PyTorch module with ``ov.convert_model`` instead took ten times as long (docs/deployment.md).
+Converting the PyTorch module instead gives an IR as fast, more slowly (docs/deployment.md).
 
 Precision: OpenVINO's CPU plugin runs float32 models in bfloat16 by default where the CPU has native
 bfloat16 (AMX, and AVX512-BF16 too: seen on AMD Zen 4), which moves ELAN's outputs by several 8-bit
