@@ -1,4 +1,4 @@
-"""``elan upscale -i IN -o OUT --weights W`` (or ``--onnx``/``--openvino``/``--ncnn`` MODEL): super-resolve one
+"""``elan upscale -i IN -o OUT --weights W`` (or ``--onnx``/``--openvino`` MODEL): super-resolve one
 image or a folder of images to PNG; the model is loaded by :func:`elan_arch.inference.backends.backend_from_args`.
 
 A folder runs as a pipeline (:mod:`elan_arch.inference.pipeline`): the next image is decoded and finished
