@@ -103,10 +103,25 @@ def _ones(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.ones(1, n, dtype=dtype, device=device)
 
 
+#: Rows per block of :func:`_column_sums`.
+SUM_BLOCK = 1024
+
+
 def _column_sums(g: Tensor) -> Tensor:
-    """``g.sum(0)`` of a (P, C) matrix as a product with a cached row of ones (faster than ``sum`` on
-    the CPU)."""
-    return _ones(g.shape[0], g.dtype, g.device).mm(g).view(-1)
+    """``g.sum(0)`` of a (P, C) matrix as products with a row of ones, by blocks of :data:`SUM_BLOCK` rows
+    whose sums are then added (faster than ``sum`` on the CPU). The blocks bound how many terms one
+    accumulator adds in a row: one product over all P rows accumulates them in one chain in some kernels
+    (AVX2 builds), an error growing with P (docs/internals.md, "How tolerances are chosen")."""
+    rows, cols = g.shape
+    blocks = rows // SUM_BLOCK
+    total = None
+    if blocks:
+        head = g[:blocks * SUM_BLOCK].view(blocks, SUM_BLOCK, cols)
+        total = _ones(SUM_BLOCK, g.dtype, g.device).expand(blocks, 1, SUM_BLOCK).bmm(head).sum(0).view(-1)
+    if rows > blocks * SUM_BLOCK:
+        tail = _ones(rows - blocks * SUM_BLOCK, g.dtype, g.device).mm(g[blocks * SUM_BLOCK:]).view(-1)
+        total = tail if total is None else total + tail
+    return total
 
 
 def as_convolution(x: Tensor) -> bool:

@@ -163,7 +163,7 @@ def _maps_attention(q: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
     low = q.dtype in (torch.float16, torch.bfloat16)
     qf = q.float() if low else q
     maps = torch.bmm(qf, qf.transpose(1, 2))
-    if plain_ops():
+    if plain_ops() or needs_autograd(q, v):  # autograd records the softmax (under autocast, say)
         maps = maps.softmax(dim=-1)
     else:  # in place: no second (N, L, L) buffer
         maps = torch.ops.aten._softmax.out(maps, -1, False, out=maps)
