@@ -14,6 +14,6 @@ from elan_arch.archs.elan_arch import ELAN, ELAN_VARIANTS
 
 __all__ = ['ELAN', 'ELAN_VARIANTS']
 
-import elan_arch as _package  # noqa: E402  (not as ``elan_arch``: that name is this package's submodule)
+from elan_arch import register  # noqa: E402
 
-_package.register(loaded=__name__)  # the other rooms, if basicsr was first imported from this one
+register(loaded=__name__)  # the other rooms, if basicsr was first imported from this one

@@ -65,7 +65,7 @@ def _torch(dtype: torch.dtype) -> Factory:
 
 
 def _bf16(net: nn.Module, workdir: Path, threads: int) -> Callable[[Tensor], Tensor]:
-    from elan_arch.inference.backends import bf16_unsupported_reason
+    from elan_arch.utils.cpu_tuning import bf16_unsupported_reason
     from elan_arch.utils.errors import ElanError
 
     reason = bf16_unsupported_reason()

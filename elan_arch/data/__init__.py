@@ -14,6 +14,6 @@ from elan_arch.data.paired_image_dataset import ELANPairedImageDataset
 
 __all__ = ['ELANPairedImageDataset', 'LmdbPairSummary', 'check_lmdb_pair']
 
-import elan_arch  # noqa: E402
+from elan_arch import register  # noqa: E402
 
-elan_arch.register(loaded=__name__)  # the other rooms, if basicsr was first imported from this one
+register(loaded=__name__)  # the other rooms, if basicsr was first imported from this one

@@ -116,7 +116,7 @@ class OpenVinoNetwork:
     dtype = torch.float32
 
     def __init__(self, path: PathLike, threads: Optional[int] = None, precision: str = 'float32') -> None:
-        from elan_arch.inference.backends import model_path
+        from elan_arch.utils.fileio import model_path
 
         ov = _openvino('running an OpenVINO model')
         xml = model_path(str(path), '.xml', 'OpenVINO IR')
@@ -161,7 +161,7 @@ def bench_build(precision: str):
     to an IR in the working folder (unchecked: the table compares the outputs) and run in ``precision``."""
     def build(net: nn.Module, workdir: Path, threads: int) -> OpenVinoNetwork:
         if precision == 'bfloat16':
-            from elan_arch.inference.backends import bf16_unsupported_reason
+            from elan_arch.utils.cpu_tuning import bf16_unsupported_reason
 
             reason = bf16_unsupported_reason()
             if reason:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
+from elan_arch.utils.cpu_tuning import bf16_unsupported_reason
 from elan_arch.utils.errors import ElanError
 
 if TYPE_CHECKING:  # torch loads when a model does, not when a command parses its options
@@ -30,9 +30,6 @@ SOURCES: Dict[str, str] = {
     'openvino': 'an `elan export --format openvino` IR (MODEL.xml beside MODEL.bin) run by OpenVINO on the CPU',
 }
 _METAVARS = {'weights': 'W', 'onnx': 'MODEL.onnx', 'openvino': 'MODEL.xml'}
-#: CPU flags (``/proc/cpuinfo``) that mean native bfloat16 arithmetic oneDNN uses.
-BF16_FLAGS = ('avx512_bf16', 'amx_bf16')
-
 
 @dataclass
 class Backend:
@@ -44,33 +41,6 @@ class Backend:
     pad_multiple: int
     where: str
     kind: str
-
-
-def cpu_flags() -> Optional[set]:
-    """The CPU's feature flags from ``/proc/cpuinfo``, or None where that cannot be read (not Linux)."""
-    try:
-        with open('/proc/cpuinfo') as info:
-            for line in info:
-                if line.startswith('flags'):
-                    return set(line.split(':', 1)[1].split())
-    except OSError:
-        return None
-    return set()
-
-
-def bf16_unsupported_reason() -> Optional[str]:
-    """Why bfloat16 inference on this CPU is refused, or None where it has native bfloat16 arithmetic."""
-    flags = cpu_flags()
-    if flags is None:
-        return 'cannot read the CPU\'s flags (/proc/cpuinfo) to check for native bfloat16 (avx512_bf16, amx_bf16)'
-    if not flags.intersection(BF16_FLAGS):
-        return ('this CPU has no native bfloat16 arithmetic (neither avx512_bf16 nor amx_bf16 in /proc/cpuinfo), '
-                'so bfloat16 would be emulated, slower than float32')
-    import torch
-
-    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
-        return 'this PyTorch build has no oneDNN bfloat16 support'
-    return None
 
 
 def torch_dtype(device: torch.device, half: bool, bf16: bool) -> torch.dtype:
@@ -216,13 +186,3 @@ def backend_from_args(args: argparse.Namespace) -> Backend:
                         fused_attention=getattr(args, 'fused_attention', False),
                         threads=getattr(args, 'threads', None), scale=getattr(args, 'scale', None),
                         overrides=overrides, unsafe=getattr(args, 'unsafe_load', False))
-
-
-def model_path(path: str, suffix: str, what: str) -> Path:
-    """``path`` as a Path, checked to exist; ElanError naming it and ``what`` (e.g. 'OpenVINO IR') otherwise."""
-    p = Path(path)
-    if not p.is_file():
-        raise ElanError(f'{path}: no such {what} file')
-    if p.suffix.lower() != suffix:
-        raise ElanError(f'{path}: expected the {what}\'s {suffix} file')
-    return p

@@ -13,6 +13,6 @@ from elan_arch.models.realworld import RealELANGANModel, RealELANNetModel
 
 __all__ = ['ELANModel', 'RealELANGANModel', 'RealELANNetModel']
 
-import elan_arch  # noqa: E402
+from elan_arch import register  # noqa: E402
 
-elan_arch.register(loaded=__name__)  # the other rooms, if basicsr was first imported from this one
+register(loaded=__name__)  # the other rooms, if basicsr was first imported from this one

@@ -176,3 +176,34 @@ def _say(message: str) -> None:
             stream.flush()
         except (OSError, ValueError, AttributeError):
             pass
+
+
+#: CPU flags (``/proc/cpuinfo``) that mean native bfloat16 arithmetic oneDNN uses (what ``--bf16`` needs).
+BF16_FLAGS = ('avx512_bf16', 'amx_bf16')
+
+
+def cpu_flags() -> Optional[set]:
+    """The CPU's feature flags from ``/proc/cpuinfo``, or None where that cannot be read (not Linux)."""
+    try:
+        with open('/proc/cpuinfo') as info:
+            for line in info:
+                if line.startswith('flags'):
+                    return set(line.split(':', 1)[1].split())
+    except OSError:
+        return None
+    return set()
+
+
+def bf16_unsupported_reason() -> Optional[str]:
+    """Why bfloat16 inference on this CPU is refused, or None where it has native bfloat16 arithmetic."""
+    flags = cpu_flags()
+    if flags is None:
+        return 'cannot read the CPU\'s flags (/proc/cpuinfo) to check for native bfloat16 (avx512_bf16, amx_bf16)'
+    if not flags.intersection(BF16_FLAGS):
+        return ('this CPU has no native bfloat16 arithmetic (neither avx512_bf16 nor amx_bf16 in /proc/cpuinfo), '
+                'so bfloat16 would be emulated, slower than float32')
+    import torch
+
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return 'this PyTorch build has no oneDNN bfloat16 support'
+    return None

@@ -67,3 +67,13 @@ def atomic_path(path: PathLike, overwrite: bool = False, is_dir: bool = False,
     except BaseException:
         _remove(tmp)
         raise
+
+
+def model_path(path: str, suffix: str, what: str) -> Path:
+    """``path`` as a Path, checked to exist; ElanError naming it and ``what`` (e.g. 'OpenVINO IR') otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise ElanError(f'{path}: no such {what} file')
+    if p.suffix.lower() != suffix:
+        raise ElanError(f'{path}: expected the {what}\'s {suffix} file')
+    return p

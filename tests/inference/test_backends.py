@@ -12,6 +12,7 @@ from elan_arch import ELAN, ELAN_VARIANTS
 from elan_arch.cli import main
 from elan_arch.inference import backends
 from elan_arch.inference.backends import bf16_unsupported_reason, load_backend
+from elan_arch.utils import cpu_tuning
 from elan_arch.utils.errors import ElanError
 from helpers.inference import calibrated, photo, to_tensor
 
@@ -29,7 +30,7 @@ def weights(tmp_path_factory):
 
 def no_bf16_cpu(monkeypatch):
     """This process sees a CPU with AVX-512 but without avx512_bf16/amx_bf16."""
-    monkeypatch.setattr(backends, 'cpu_flags', lambda: {'fpu', 'avx2', 'avx512f', 'avx512bw'})
+    monkeypatch.setattr(cpu_tuning, 'cpu_flags', lambda: {'fpu', 'avx2', 'avx512f', 'avx512bw'})
 
 
 def test_exactly_one_model(weights, tmp_path):
@@ -92,7 +93,7 @@ def test_bf16_refused_on_a_cpu_without_native_bfloat16(weights, monkeypatch, tmp
     err = capsys.readouterr().err
     assert 'elan upscale: error: --bf16: this CPU has no native bfloat16' in err and 'Traceback' not in err
     assert not (tmp_path / 'out.png').exists()
-    monkeypatch.setattr(backends, 'cpu_flags', lambda: None)
+    monkeypatch.setattr(cpu_tuning, 'cpu_flags', lambda: None)
     assert 'cannot read' in bf16_unsupported_reason()
 
 
