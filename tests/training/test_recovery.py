@@ -147,17 +147,18 @@ def test_an_option_file_without_datasets_is_a_message(root, phase):
 
 def test_start_failing_after_the_folders_restores_the_previous_run(root, finished):
     before = files_under(root / 'experiments' / 'base')
-    result = train(root, 'base', 'network_g:m_elan=3')  # a fresh start of 'base' that fails building ELAN
-    assert result.returncode == 1 and 'm_elan=3 must be a positive multiple' in result.stderr
+    # a fresh start of 'base' that fails once the folders exist (basicsr's own spelling: 'supperted')
+    result = train(root, 'base', 'train:optim_g:type=NoSuchOptimizer')
+    assert result.returncode == 1 and 'optimizer NoSuchOptimizer is not supperted' in result.stderr, result.stderr
     assert files_under(root / 'experiments' / 'base') == before  # restored from its archive, nothing added
     assert not list((root / 'experiments').glob('base_archived_*'))
     # resuming reuses the folder, so the new log stays, with the error in it
-    result = train(root, 'base', 'network_g:m_elan=3', auto_resume=True)
+    result = train(root, 'base', 'train:optim_g:type=NoSuchOptimizer', auto_resume=True)
     assert result.returncode == 1
     new_logs = sorted(set(files_under(root / 'experiments' / 'base')) - set(before))
     assert len(new_logs) == 1 and new_logs[0].endswith('.log')
     log = (root / 'experiments' / 'base' / new_logs[0]).read_text()
-    assert 'Training failed: ValueError: ELAN: m_elan=3 must be a positive multiple' in log
+    assert 'Training failed: NotImplementedError: optimizer NoSuchOptimizer is not supperted' in log
 
 
 @pytest.mark.parametrize('damaged', ['state', 'network'])
