@@ -76,7 +76,8 @@ def fail_reference_path(monkeypatch, call: int, switch: str) -> Dict[str, int]:
 
 
 @pytest.mark.slow
-def test_bench_writes_table_and_chart_with_the_right_counts(tmp_path, capsys):
+def test_bench_writes_table_and_chart_with_the_right_counts(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv('ELAN_CPU_ATTENTION', 'sdpa')  # the fast path's FLOPs below: sharing GMSAs recompute q q^T
     args = ['bench', '--size', '20x27', '--runs', '2', '--warmup', '0', '--models', 'elan-light', 'elan-light-ref',
             'swinir-light', 'edsr', '--output-dir', str(tmp_path), '--quiet']
     assert main(args) == 0
@@ -104,17 +105,26 @@ def test_bench_writes_table_and_chart_with_the_right_counts(tmp_path, capsys):
     assert 'already exists; pass --force' in capsys.readouterr().err
 
 
-@pytest.mark.parametrize('fast', [True, False])
-def test_flops_count_what_each_path_executes(fast):
+@pytest.mark.parametrize('fast, attention', [(True, 'sdpa'), (True, 'maps'), (True, 'auto'), (False, 'auto')])
+def test_flops_count_what_each_path_executes(fast, attention, monkeypatch):
     """The fast path's oneDNN matrix products and CPU attention are counted (they counted nothing before):
-    both paths against the formula, the fast one with the sharing GMSAs' recomputed q q^T."""
+    both paths against the formula; the fast one's sharing GMSAs recompute q q^T with SDPA and reuse the maps
+    otherwise; with the form chosen by timing, the count is one of the two, never the timing's own work."""
+    from elan_arch.archs import window_ops
     from elan_arch.bench.flops import count_flops
 
+    monkeypatch.setenv(window_ops.ATTENTION_ENV, attention)
+    monkeypatch.setattr(window_ops, '_CPU_FORMS', {})  # nothing timed yet
     net = elan_arch.ELAN(upscale=4).eval()
     net.fast_inference = fast
     x = torch.rand(1, 3, 16, 32)
     with torch.inference_mode():
-        assert count_flops(lambda: net(x)) == elan_light_flops(16 * 32, sharing_recomputes=fast)
+        flops = count_flops(lambda: net(x))
+    if attention == 'auto' and fast:
+        per_form = {sdpa: elan_light_flops(16 * 32, sharing_recomputes=sdpa) for sdpa in (True, False)}
+        assert flops in set(per_form.values()) or min(per_form.values()) < flops < max(per_form.values())
+    else:
+        assert flops == elan_light_flops(16 * 32, sharing_recomputes=fast and attention == 'sdpa')
 
 
 def test_bench_reports_a_failing_model_and_measures_the_others(tmp_path, capsys, monkeypatch):
