@@ -282,8 +282,7 @@ def main(argv: Optional[List[str]] = None) -> int:
           f'training degradation (PSNR/SSIM on Y against the clean photo, border {scale}; NIQE: lower is better; '
           f'{time.perf_counter() - start:.0f} s in all):\n{format_table(results)}')
     gain = average(results, 'ELAN real-world')[0] - average(results, 'bicubic')[0]
-    print(f'\nELAN real-world {"beats" if gain > 0 else "does NOT beat"} bicubic by {gain:+.2f} dB average PSNR on '
-          f'the degraded photos.')
+    print(f'\nELAN real-world {run.verdict(gain)[5:-1]} on the degraded photos.')
     weights = run.final_weights(Path('experiments', train_opt['name']))
     if weights is not None:
         print(f'Trained weights: {weights}\nUpscale a photo with them: elan upscale -i photo.jpg -o photo_x4.png '
