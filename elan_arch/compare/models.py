@@ -137,36 +137,18 @@ def _options_network(spec: ModelSpec):
 
 def _backend_network(spec: ModelSpec, scale: int, settings: RunSettings):
     """(callable, description, parameter count) of a checkpoint or exported model, through
-    :func:`elan_arch.inference.backends.load_backend` (the one place a runtime is chosen) where this installation
-    has it, else the checkpoint loader (:func:`elan_arch.deploy.checkpoint.load_network_from_checkpoint`) or
-    :class:`elan_arch.deploy.onnx_runtime.OnnxNetwork`; ElanError naming the file for another scale."""
+    :func:`elan_arch.inference.backends.load_backend` (the one place a runtime is chosen); ElanError naming the
+    file for another scale."""
     import torch
+
+    from elan_arch.inference.backends import load_backend
 
     if not spec.path.exists():
         raise ElanError(f'-m {spec.argument}: {shown_path(spec.path)} not found')
-    try:
-        from elan_arch.inference.backends import load_backend
-    except ImportError:
-        load_backend = None
     kind = 'weights' if spec.kind == 'checkpoint' else spec.kind
-    if load_backend is not None:
-        extra = {'half': settings.dtype == torch.float16, 'overrides': settings.overrides} if kind == 'weights' else {}
-        backend = load_backend(**{kind: str(spec.path)}, device=str(settings.device), **extra)
-        net, model_scale, where = backend.net, backend.scale, backend.where
-    elif kind == 'weights':
-        from elan_arch.deploy.checkpoint import load_network_from_checkpoint
-        from elan_arch.inference.upscale import prepare_network
-
-        net = prepare_network(load_network_from_checkpoint(str(spec.path), overrides=settings.overrides),
-                              settings.device, settings.dtype)
-        model_scale, where = net.upscale, 'PyTorch'
-    elif kind == 'onnx':
-        from elan_arch.deploy.onnx_runtime import OnnxNetwork
-
-        net = OnnxNetwork(spec.path, device=str(settings.device))
-        model_scale, where = net.upscale, 'onnxruntime'
-    else:
-        raise ElanError(f'-m {spec.argument}: {spec.kind} models need elan_arch.inference.backends')
+    extra = {'half': settings.dtype == torch.float16, 'overrides': settings.overrides} if kind == 'weights' else {}
+    backend = load_backend(**{kind: str(spec.path)}, device=str(settings.device), **extra)
+    net, model_scale, where = backend.net, backend.scale, backend.where
     if model_scale != scale:
         raise ElanError(f'{spec.path}: an x{model_scale} model, not x{scale}; compare models of one scale '
                         f'(or run with --scale {model_scale})')
