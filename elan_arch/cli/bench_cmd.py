@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 from pathlib import Path
 from typing import List, Tuple
 
@@ -16,6 +15,7 @@ from elan_arch.archs import window_kernels
 from elan_arch.bench.backends import BACKENDS
 from elan_arch.bench.models import (ABLATION_MODELS, ABLATION_REFERENCE, MODELS, OPTIONAL_MODELS, TRAIN_MODELS,
                                     build_model)
+from elan_arch.utils import cpu_tuning
 from elan_arch.utils.errors import ElanError
 
 DEFAULT_SIZE = '176x320'
@@ -84,18 +84,6 @@ def backend_list(text: str) -> List[str]:
         raise argparse.ArgumentTypeError(f'unknown backend(s) {", ".join(unknown) or "(none given)"}; '
                                          f'choose from {", ".join(BACKENDS)} or all')
     return list(dict.fromkeys(names))
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
-    try:
-        with open('/proc/cpuinfo') as info:
-            for line in info:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_backends(args: argparse.Namespace, size: Tuple[int, int], where: str) -> int:
@@ -256,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
     if device.type == 'cuda':
         where = torch.cuda.get_device_name(device)
     else:
-        where = f'CPU ({cpu_name()}), {torch.get_num_threads()} threads'
+        where = f'CPU ({cpu_tuning.cpu_name()}), {torch.get_num_threads()} threads'
     if args.backends:
         return run_backends(args, size, where)
     if args.train:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import datetime
 import json
-import platform
 import re
 import sys
 import time
@@ -86,15 +85,9 @@ def machine(settings: RunSettings) -> str:
 
     if settings.device.type == 'cuda':
         return torch.cuda.get_device_name(settings.device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                cpu = line.split(':', 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f'{cpu}, {torch.get_num_threads()} threads'
+    from elan_arch.utils.cpu_tuning import cpu_name
+
+    return f'{cpu_name()}, {torch.get_num_threads()} threads'
 
 
 def load_models(specs: Sequence[ModelSpec], scale: int, settings: RunSettings,
